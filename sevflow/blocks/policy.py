@@ -1,0 +1,59 @@
+"""The approval policy block."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from pydantic import Field
+
+from sevflow.models import Severity
+from sevflow.policy import ApprovalRule, EscalationTier, GateRequirement, requirement_for
+
+__all__ = ["ApprovalPolicy", "ApprovalRule", "EscalationTier"]
+
+
+def _default_escalation() -> dict[str, list[EscalationTier]]:
+    # The runbook's response targets: SEV-1 immediate, SEV-2 within 1 hour, SEV-3 within
+    # 24 hours, SEV-4 normal queue. Each severity's tiers add up to its target.
+    minute = 60.0
+    return {
+        Severity.SEV1.value: [
+            EscalationTier(name="primary on-call", wait_seconds=5 * minute),
+            EscalationTier(name="secondary on-call", wait_seconds=10 * minute),
+            EscalationTier(name="incident commander", wait_seconds=15 * minute),
+        ],
+        Severity.SEV2.value: [
+            EscalationTier(name="primary on-call", wait_seconds=20 * minute),
+            EscalationTier(name="secondary on-call", wait_seconds=20 * minute),
+            EscalationTier(name="incident commander", wait_seconds=20 * minute),
+        ],
+        Severity.SEV3.value: [
+            EscalationTier(name="primary on-call", wait_seconds=12 * 60 * minute),
+            EscalationTier(name="team lead", wait_seconds=12 * 60 * minute),
+        ],
+        Severity.SEV4.value: [
+            EscalationTier(name="team queue", wait_seconds=7 * 24 * 60 * minute),
+        ],
+    }
+
+
+class ApprovalPolicy(Block):
+    """Who may approve which kind of production change at which severity, how many distinct
+    approvers each needs, and the escalation path a waiting gate follows. Procedures read the
+    block named `default` unless told otherwise. The rule that first covers a change decides.
+    """
+
+    _block_type_name = "sevflow Approval Policy"
+    _block_type_slug = "sevflow-approval-policy"
+    _description = "Who may approve which production change, how many must, and whom to escalate to."
+
+    rules: list[ApprovalRule] = Field(
+        default_factory=list,
+        description="Checked in order; the first covering the change kind and severity decides.",
+    )
+    escalation: dict[str, list[EscalationTier]] = Field(
+        default_factory=_default_escalation,
+        description="Escalation tiers per severity (SEV-1..SEV-4, or `*` for any).",
+    )
+
+    def requirement(self, kind: str, severity: Severity) -> GateRequirement:
+        return requirement_for(self.rules, self.escalation, kind, severity)

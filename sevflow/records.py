@@ -1,0 +1,288 @@
+"""The incident's paperwork, rendered from what a run knows (EMERGENCY-PROCEDURES.md,
+"Post-Incident"): the timeline as a table, the post-mortem in the runbook's template, and
+the post-incident checklists with what the run can prove already ticked.
+
+Pure: no I/O. Flows gather the facts and publish the results as artifacts.
+
+A run records what was done and when, not why it broke: where it does not know something
+(root cause, impact, prevention, owners), the text says so plainly, for a person to fill in.
+
+Timeline entries mark the runbook's milestones with ``details["milestone"]`` set to one of
+:data:`MILESTONES` (e.g. the deploy step's entry carries ``{"milestone": "Fix deployed"}``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set as AbstractSet
+from datetime import datetime, timedelta, timezone
+
+from pydantic import BaseModel, Field
+
+from sevflow.models import Severity, TimelineEntry
+
+IMMEDIATE_CHECKLIST: tuple[str, ...] = (
+    "Incident documented",
+    "Timeline created",
+    "Root cause identified",
+    "Immediate fix applied",
+    "System verified working",
+)
+FOLLOW_UP_CHECKLIST: tuple[str, ...] = (
+    "Full post-mortem written",
+    "Action items identified",
+    "Prevention measures planned",
+    "Monitoring updated",
+    "Team notified",
+)
+MILESTONES: tuple[str, ...] = (
+    "First alert",
+    "Investigation started",
+    "Root cause identified",
+    "Fix deployed",
+    "Resolved",
+)
+MILESTONE_DETAIL = "milestone"
+
+_OWNER_PLACEHOLDER = "Owner: to assign"
+_DUE_PLACEHOLDER = "Due date: to set"
+
+
+class PostmortemFacts(BaseModel):
+    """Everything the post-mortem says, as the run (and the incident commander's form) knows it."""
+
+    incident_id: str
+    procedure: str = Field(description="the flow that worked the incident, e.g. production-system-down")
+    service: str
+    severity: Severity
+    started_at: datetime = Field(description="when the procedure's run started")
+    ended_at: datetime = Field(description="when the procedure's run ended")
+    outcome: str = Field(description='e.g. "resolved", "rejected", "awaiting human decision", "verification failed"')
+    impact: str | None = None
+    first_alert_at: datetime | None = None
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+    root_cause: str | None = None
+    resolution: list[str] = Field(default_factory=list, description="what was done, one line each")
+    prevention: str | None = None
+    action_items: list[str] = Field(
+        default_factory=list,
+        description='"Action - Owner - Due date" as in the template; a missing owner and due date '
+        "are shown as placeholders",
+    )
+    run_url: str | None = None
+    response_at: datetime | None = Field(default=None, description="first human or automated response")
+
+
+def timeline_table(entries: list[TimelineEntry]) -> list[dict[str, str]]:
+    """Rows for a table artifact, oldest first: time (UTC), source, kind, what, who."""
+    return [
+        {
+            "time": _utc(entry.at).strftime("%Y-%m-%d %H:%M:%S"),
+            "source": entry.source,
+            "kind": entry.kind,
+            "what": entry.description,
+            "who": entry.actor,
+        }
+        for entry in sorted(entries, key=lambda e: _utc(e.at))
+    ]
+
+
+def render_postmortem(facts: PostmortemFacts) -> str:
+    """The post-mortem in the runbook's template, filled with what the run knows."""
+    lines = [*_summary(facts), "", *_timeline(facts), ""]
+    lines += [
+        "## Root Cause",
+        facts.root_cause
+        or "_Not known to this run: fill in root cause (the run records what was done, not why it broke)._",
+        "",
+        "## Resolution",
+        *_resolution(facts),
+        "",
+        "## Prevention",
+        facts.prevention or "_Not known to this run: fill in what will prevent this in future._",
+        "",
+        "## Action Items",
+        *_action_items(facts.action_items),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_checklists(facts: PostmortemFacts, proven: AbstractSet[str]) -> str:
+    """The runbook's post-incident checklists, with the items in `proven` ticked.
+
+    `proven` holds the runbook's item texts (e.g. "Timeline created"); an unknown text is a
+    ValueError, so a misspelt item cannot silently stay unticked.
+    """
+    unknown = sorted(set(proven) - set(IMMEDIATE_CHECKLIST) - set(FOLLOW_UP_CHECKLIST))
+    if unknown:
+        raise ValueError(
+            f"unknown checklist items {unknown}; use the runbook's texts: "
+            f"{', '.join(IMMEDIATE_CHECKLIST + FOLLOW_UP_CHECKLIST)}"
+        )
+    ended = _utc(facts.ended_at)
+    severity = facts.severity
+    lines = [
+        "## Post-Incident",
+        "",
+        f"_Incident `{facts.incident_id}` ({severity.value}, {facts.service}), run ended "
+        f"{_stamp(ended)} UTC with outcome: {facts.outcome}. Ticked items are proven by this run's "
+        "records; the others are for people to do and tick._",
+        "",
+        "### Immediate (Within 1 Hour)",
+        f"_Due by {_stamp(ended + timedelta(hours=1))} UTC._",
+        *_checklist(IMMEDIATE_CHECKLIST, proven),
+        "",
+        "### Follow-Up (Within 24 Hours)",
+        f"_Due by {_stamp(ended + timedelta(hours=24))} UTC._",
+        *_checklist(FOLLOW_UP_CHECKLIST, proven),
+        "",
+    ]
+    if severity.postmortem_required:
+        lines.append(
+            f"> **A post-mortem is required for {severity.value}** ({severity.title}): fill in root "
+            "cause, impact, prevention and action items in the post-mortem artifact."
+        )
+    else:
+        lines.append(f"_A post-mortem is optional for {severity.value} ({severity.title})._")
+    return "\n".join(lines) + "\n"
+
+
+def _summary(facts: PostmortemFacts) -> list[str]:
+    start = _incident_start(facts)
+    end = _utc(facts.ended_at)
+    start_label = "first alert" if facts.first_alert_at is not None else "start of run"
+    end_label = "resolved" if facts.outcome == "resolved" else f"end of run ({facts.outcome})"
+    lines = [
+        "## Incident Summary",
+        f"**Date:** {start:%Y-%m-%d}",
+        f"**Duration:** {_duration(end - start)} ({_stamp(start, end)}–{_stamp(end, start)} UTC, "
+        f"{start_label} to {end_label})",
+        f"**Severity:** {facts.severity.value} — {facts.severity.title}",
+        f"**Impact:** {facts.impact or '_Not known to this run: fill in who and what was affected._'}",
+        f"**Response:** {_response(facts, start)}",
+        f"**Outcome:** {facts.outcome}",
+        f"**Incident:** `{facts.incident_id}` · procedure `{facts.procedure}` · service `{facts.service}`",
+    ]
+    if facts.run_url:
+        lines.append(f"**Run:** {facts.run_url}")
+    # Two trailing spaces are a markdown line break: the summary renders one field per line,
+    # as the template shows it, instead of one run-on paragraph.
+    return [lines[0]] + [f"{line}  " for line in lines[1:-1]] + [lines[-1]]
+
+
+def _response(facts: PostmortemFacts, start: datetime) -> str:
+    """Response target vs actual: time from first alert (or start) to first response."""
+    severity = facts.severity
+    text = f"target {severity.response_text}"
+    if facts.response_at is None:
+        return f"{text}; actual: no response recorded by this run"
+    responded = _utc(facts.response_at)
+    taken = max(responded - start, timedelta(0))
+    since = "first alert" if facts.first_alert_at is not None else "start of run"
+    text += f"; actual {_duration(taken)} from {since} to first response ({_stamp(responded, start)} UTC)"
+    target = severity.response_target
+    # "Immediate" (zero) and "normal queue" (None) have no time to meet or miss.
+    if target is None or target == timedelta(0):
+        return text
+    if taken <= target:
+        return f"{text}, within target"
+    return f"{text}, target missed by {_duration(taken - target)}"
+
+
+def _timeline(facts: PostmortemFacts) -> list[str]:
+    # (time, rank, text): at equal times, alert and start come before what the run recorded,
+    # and "Resolved" after it.
+    events: list[tuple[datetime, int, str]] = []
+    seen: set[str] = set()
+    for entry in facts.timeline:
+        milestone = _milestone(entry)
+        text = entry.description + (f" ({entry.actor})" if entry.actor else "")
+        if milestone:
+            seen.add(milestone)
+            text = f"{milestone} — {text}"
+        events.append((_utc(entry.at), 2, text))
+    if facts.first_alert_at is not None and "First alert" not in seen:
+        events.append((_utc(facts.first_alert_at), 0, "First alert"))
+        seen.add("First alert")
+    if "Investigation started" not in seen:
+        events.append((_utc(facts.started_at), 1, f"Investigation started — `{facts.procedure}` run began"))
+        seen.add("Investigation started")
+    if facts.outcome == "resolved" and "Resolved" not in seen:
+        events.append((_utc(facts.ended_at), 3, "Resolved"))
+        seen.add("Resolved")
+    events.sort(key=lambda event: (event[0], event[1]))
+
+    days = {at.date() for at, _, _ in events} | {_utc(facts.ended_at).date()}
+    with_date = len(days) > 1  # HH:MM alone is ambiguous across midnight
+    lines = ["## Timeline", "_Times in UTC._"]
+    lines += [f"- {at:%Y-%m-%d %H:%M} - {text}" if with_date else f"- {at:%H:%M} - {text}" for at, _, text in events]
+    for milestone in MILESTONES:
+        if milestone in seen:
+            continue
+        if milestone == "Root cause identified" and facts.root_cause:
+            lines.append("- --:-- - Root cause identified — _time not recorded by this run: fill in_")
+        elif milestone == "Resolved":
+            lines.append(f"- --:-- - Resolved — _not resolved by this run ({facts.outcome})_")
+        else:
+            lines.append(f"- --:-- - {milestone} — _not known to this run: fill in_")
+    return lines
+
+
+def _resolution(facts: PostmortemFacts) -> list[str]:
+    if not facts.resolution:
+        return [
+            f"_This run made no change to fix it (outcome: {facts.outcome}). "
+            "Fill in anything done outside it._"
+        ]
+    return [*(f"- {step}" for step in facts.resolution), "", f"Outcome: **{facts.outcome}**."]
+
+
+def _action_items(items: list[str]) -> list[str]:
+    if not items:
+        return [f"- [ ] _Not known to this run: fill in action items_ - {_OWNER_PLACEHOLDER} - {_DUE_PLACEHOLDER}"]
+    lines = []
+    for item in items:
+        # "Action - Owner - Due date" already complete: keep it as written.
+        if item.count(" - ") >= 2:
+            lines.append(f"- [ ] {item}")
+        else:
+            lines.append(f"- [ ] {item} - {_OWNER_PLACEHOLDER} - {_DUE_PLACEHOLDER}")
+    return lines
+
+
+def _checklist(items: tuple[str, ...], proven: AbstractSet[str]) -> list[str]:
+    return [f"- [{'x' if item in proven else ' '}] {item}" for item in items]
+
+
+def _milestone(entry: TimelineEntry) -> str | None:
+    value = str(entry.details.get(MILESTONE_DETAIL, "")).strip().lower()
+    return next((m for m in MILESTONES if m.lower() == value), None)
+
+
+def _incident_start(facts: PostmortemFacts) -> datetime:
+    """The first alert if it came before the run, else the run's start."""
+    candidates = [_utc(facts.started_at)]
+    if facts.first_alert_at is not None:
+        candidates.append(_utc(facts.first_alert_at))
+    return min(candidates)
+
+
+def _duration(span: timedelta) -> str:
+    seconds = max(int(span.total_seconds()), 0)
+    if seconds < 60:
+        return f"{seconds} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _stamp(at: datetime, other: datetime | None = None) -> str:
+    """HH:MM, with the date when `other` falls on another day (or when there is no `other`)."""
+    if other is not None and at.date() == _utc(other).date():
+        return f"{at:%H:%M}"
+    return f"{at:%Y-%m-%d %H:%M}"
+
+
+def _utc(at: datetime) -> datetime:
+    # sevflow's datetimes are timezone-aware; a naive one (e.g. parsed from text without an
+    # offset) is taken to be UTC rather than the machine's local time.
+    if at.tzinfo is None:
+        return at.replace(tzinfo=timezone.utc)
+    return at.astimezone(timezone.utc)

@@ -1,0 +1,95 @@
+"""The one way sevflow makes a task.
+
+A sevflow flow is suspended at each approval gate and, when answered, runs its body again
+from the top (that is how Prefect's suspend frees the worker). Only tasks whose results are
+persisted and cached are skipped on that replay, so every step is a task whose result is
+persisted under a key made of the flow run id, the step name and its inputs. A replay then
+returns the first result instead of acting again.
+
+Read-only steps retry on transient errors; mutating steps never retry on their own (they are
+written to check before they act, so a person can safely re-run the procedure).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+import httpx
+from prefect import Task, task
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+from prefect.utilities.hashing import hash_objects
+from pydantic import BaseModel
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    httpx.TransportError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def _stable(value: Any) -> Any:
+    # Blocks and models hash by their JSON form: SecretStr dumps as asterisks, so no
+    # secret reaches a cache key, and two loads of the same block hash alike.
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [_stable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _stable(v) for k, v in value.items()}
+    return value
+
+
+def run_scoped_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    """Cache key: flow run id + step name + inputs. Outside a flow run: no caching."""
+    flow_run_id = context.task_run.flow_run_id
+    if flow_run_id is None:
+        return None
+    digest = hash_objects(_stable(parameters), raise_on_failure=True)
+    return f"sevflow-{flow_run_id}-{context.task.name}-{digest}"
+
+
+RUN_SCOPED = CachePolicy.from_cache_key_fn(run_scoped_key)
+
+
+def _retry_on_transient(task: Task[..., Any], task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except TRANSIENT_ERRORS:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def step(
+    name: str,
+    *,
+    mutating: bool = False,
+    retries: int = 2,
+    retry_delay_seconds: float = 1.0,
+) -> Callable[[F], F]:
+    """Make a runbook step: a task named in the runbook's words, persisted per flow run.
+
+    ``mutating`` steps get no retries: they change production, and a retry is a decision
+    for a person, not for the orchestrator.
+    """
+
+    def decorate(fn: F) -> F:
+        kwargs: dict[str, Any] = dict(
+            name=name,
+            cache_policy=RUN_SCOPED,
+            persist_result=True,
+            log_prints=False,
+        )
+        if not mutating and retries:
+            kwargs.update(
+                retries=retries,
+                retry_delay_seconds=retry_delay_seconds,
+                retry_condition_fn=_retry_on_transient,
+            )
+        return task(**kwargs)(fn)  # type: ignore[return-value]
+
+    return decorate

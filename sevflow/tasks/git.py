@@ -1,0 +1,492 @@
+"""Git: the service's checkout, for the runbook's "Application Rollback" and
+"Configuration Rollback" procedures.
+
+Each task opens the repository itself (GitPython), makes a few git calls and returns a
+typed value from :mod:`sevflow.versions`. Read-only steps raise :class:`PreflightError` on
+any problem. The two mutating steps never rewrite history: they add one commit on the
+production branch, marked with the run's key, and check before they act, so re-running a
+procedure does not roll back twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+from git import Git, Repo
+from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_logger, get_run_logger
+
+from sevflow.blocks.service import ServiceTarget
+from sevflow.errors import CommandFailed, ConfigurationError, PreflightError
+from sevflow.tasks.common import step
+from sevflow.versions import (
+    CommitInfo,
+    ConfigDiff,
+    RepoStatus,
+    RestoredVersion,
+    RollbackPreview,
+    parse_diff_summary,
+    parse_trailers,
+)
+
+GIT_TIMEOUT_SECONDS = 120.0
+"""Longest any single git command may run before it is killed."""
+
+RUN_TRAILER = "Sevflow-Run"
+FROM_TRAILER = "Rolled-Back-From"
+
+# Field and record separators for `git log --format`: bytes no commit message contains.
+_FIELD, _RECORD = "\x1f", "\x1e"
+_LOG_FORMAT = "--format=%H%x1f%h%x1f%an%x1f%aI%x1f%s%x1f%B%x1e"
+_MAX_LISTED_FILES = 20
+
+
+# -- plumbing shared by the steps ---------------------------------------------------------
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[Any]:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        # Called outside a flow run (tests, the command line): log to the module logger.
+        return get_logger(__name__)
+
+
+@contextmanager
+def _open(target: ServiceTarget) -> Iterator[Repo]:
+    """The target's checkout, closed afterwards; PreflightError if there is none."""
+    path = target.repository_path
+    if not path.is_dir():
+        raise PreflightError(
+            f"The checkout of {target.service} is missing: {path} "
+            f"{'is not a directory' if path.exists() else 'does not exist'}. Clone the service "
+            f"there, or fix `repository` in the {target.service!r} service target block."
+        )
+    try:
+        repo = Repo(path)
+    except (InvalidGitRepositoryError, NoSuchPathError) as exc:
+        raise PreflightError(
+            f"{path} is not a git repository (no .git there), so {target.service} cannot be "
+            f"rolled back from it. Point `repository` in the {target.service!r} service target "
+            "block at the root of the service's git checkout."
+        ) from exc
+    try:
+        if repo.bare:
+            raise PreflightError(
+                f"{path} is a bare git repository: it has no working tree to deploy from. Point "
+                f"`repository` in the {target.service!r} service target block at a checkout."
+            )
+        yield repo
+    finally:
+        repo.close()
+
+
+def _run(repo: Repo, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run `git args...` in the checkout; raises GitCommandError on a non-zero exit."""
+    command = [Git.GIT_PYTHON_GIT_EXECUTABLE or "git", *args]
+    return str(repo.git.execute(command, env=env, kill_after_timeout=GIT_TIMEOUT_SECONDS))
+
+
+def _stderr(exc: GitCommandError) -> str:
+    text = str(exc.stderr).strip()
+    return text.removeprefix("stderr: '").removesuffix("'").strip() or f"exit status {exc.status}"
+
+
+def _git(repo: Repo, *args: str, env: dict[str, str] | None = None) -> str:
+    """Like _run, for calls made before any change: a failure is a PreflightError."""
+    try:
+        return _run(repo, *args, env=env)
+    except GitCommandError as exc:
+        raise PreflightError(
+            f"`git {args[0]}` failed in {repo.working_tree_dir}: {_stderr(exc)}. "
+            "Nothing was changed; fix the cause and re-run."
+        ) from exc
+
+
+def _literal(path: str) -> str:
+    # Pathspec magic (`:(glob)`, `:!`) in a file name must not widen what git touches.
+    return f":(literal){path}"
+
+
+def _commits(repo: Repo, *log_args: str) -> list[CommitInfo]:
+    """`git log` as CommitInfo, newest first, with tags and trailers filled in."""
+    output = _git(repo, "log", "--no-show-signature", _LOG_FORMAT, *log_args)
+    tags = _tags_by_commit(repo)
+    commits: list[CommitInfo] = []
+    for record in output.split(_RECORD):
+        record = record.lstrip("\n")
+        if not record:
+            continue
+        sha, short, author, authored, subject, body = record.split(_FIELD, 5)
+        commits.append(
+            CommitInfo(
+                sha=sha,
+                short=short,
+                subject=subject,
+                author=author,
+                authored_at=datetime.fromisoformat(authored),
+                tags=tags.get(sha, []),
+                trailers=parse_trailers(body),
+            )
+        )
+    return commits
+
+
+def _tags_by_commit(repo: Repo) -> dict[str, list[str]]:
+    """Tag names by the commit they point at (annotated tags peeled)."""
+    output = _git(
+        repo, "for-each-ref", "--format=%(objectname) %(*objectname) %(refname:strip=2)", "refs/tags"
+    )
+    tags: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        sha, peeled, name = line.split(" ", 2)
+        tags.setdefault(peeled or sha, []).append(name)
+    return {sha: sorted(names) for sha, names in tags.items()}
+
+
+def _branch_head(repo: Repo, target: ServiceTarget) -> str:
+    try:
+        return _run(repo, "rev-parse", "--verify", f"refs/heads/{target.branch}^{{commit}}")
+    except GitCommandError as exc:
+        raise PreflightError(
+            f"Branch {target.branch!r} does not exist or has no commits in {repo.working_tree_dir}. "
+            f"Check `branch` in the {target.service!r} service target block (`git branch -a` "
+            "lists the branches there)."
+        ) from exc
+
+
+def _resolve(repo: Repo, ref: str) -> str:
+    """The full sha of the commit `ref` names (hash, tag or branch)."""
+    try:
+        if not ref.strip():
+            raise ValueError("empty ref")
+        return _run(repo, "rev-parse", "--verify", "--end-of-options", f"{ref.strip()}^{{commit}}")
+    except (GitCommandError, ValueError) as exc:
+        raise PreflightError(
+            f"Unknown version {ref!r} in {repo.working_tree_dir}: no commit, tag or branch has "
+            f"that name. Run `git log --oneline -10` there and pick a commit hash or tag from it."
+        ) from exc
+
+
+def _check_checkout(repo: Repo, target: ServiceTarget) -> str:
+    """The head sha, once sure the production branch is the one checked out."""
+    path = repo.working_tree_dir
+    if repo.head.is_detached:
+        raise PreflightError(
+            f"{path} has a detached HEAD (at {repo.head.commit.hexsha[:12]}), not branch "
+            f"{target.branch!r}. Run `git switch {target.branch}` there, then re-run."
+        )
+    checked_out = repo.head.ref.name
+    if checked_out != target.branch:
+        raise PreflightError(
+            f"{path} has branch {checked_out!r} checked out, but {target.service} runs from "
+            f"{target.branch!r}. Run `git switch {target.branch}` there (or fix `branch` in the "
+            "service target block), then re-run."
+        )
+    return _branch_head(repo, target)
+
+
+def _dirty_files(repo: Repo) -> list[str]:
+    """Modified, staged and untracked (not ignored) files, as `git status` names them."""
+    output = _git(repo, "status", "--porcelain=v1", "-z", "--untracked-files=all")
+    entries = iter(output.split("\0"))
+    files: list[str] = []
+    for entry in entries:
+        if not entry:
+            continue
+        status, name = entry[:2], entry[3:]
+        files.append(name)
+        if "R" in status or "C" in status:
+            next(entries, None)  # a rename or copy is followed by its source path
+    return files
+
+
+def _check_clean(repo: Repo) -> None:
+    files = _dirty_files(repo)
+    if files:
+        listed = ", ".join(files[:_MAX_LISTED_FILES])
+        more = f" and {len(files) - _MAX_LISTED_FILES} more" if len(files) > _MAX_LISTED_FILES else ""
+        raise PreflightError(
+            f"The checkout {repo.working_tree_dir} has local changes: {listed}{more}. sevflow only "
+            "acts on a clean checkout so nobody's work is lost. Commit them, stash them "
+            "(`git stash --include-untracked`) or remove them, then re-run. Nothing was changed."
+        )
+
+
+def _config_path(target: ServiceTarget, path: str) -> str:
+    """`path` as written in the target's config_files, or PreflightError."""
+
+    def normal(p: str) -> str:
+        return PurePosixPath(p.strip().replace("\\", "/")).as_posix()
+
+    allowed = {normal(p): p for p in target.config_files}
+    if normal(path) not in allowed:
+        listed = ", ".join(target.config_files) if target.config_files else "none are configured"
+        raise PreflightError(
+            f"{path!r} is not a configuration file sevflow may restore for {target.service} "
+            f"(allowed: {listed}). Use one of those, or add it to `config_files` in the "
+            f"{target.service!r} service target block."
+        )
+    return normal(allowed[normal(path)])
+
+
+def _file_at(repo: Repo, sha: str, path: str) -> tuple[str, str]:
+    """(mode, blob sha) of `path` in commit `sha`, or PreflightError if it is not a file there."""
+    output = _git(repo, "ls-tree", "-z", sha, "--", path)
+    for entry in filter(None, output.split("\0")):
+        meta, _, name = entry.partition("\t")
+        mode, kind, blob = meta.split(" ")
+        if name == path and kind == "blob":
+            return mode, blob
+    raise PreflightError(
+        f"{path} is not a file in commit {sha[:12]} of {repo.working_tree_dir}, so it cannot be "
+        f"restored from there. Pick a version from `git log --oneline -- {path}`."
+    )
+
+
+def _check_run_key(run_key: str) -> None:
+    if not run_key or "\n" in run_key or "\r" in run_key:
+        raise ConfigurationError(f"A run key is a single non-empty line, got {run_key!r}.")
+
+
+def _tree(repo: Repo, sha: str) -> str:
+    return _git(repo, "rev-parse", f"{sha}^{{tree}}")
+
+
+def _fast_forward(repo: Repo, target: ServiceTarget, head: str, new: str, run_key: str) -> None:
+    """Move the branch, index and working tree from `head` to its child `new`."""
+    try:
+        # --ff-only: git itself refuses if the branch moved or a local change would be lost.
+        # The reflog entry names the run, for whoever reads `git reflog` during the incident.
+        env = {"GIT_REFLOG_ACTION": f"sevflow {run_key}"}
+        _run(repo, "merge", "--ff-only", "--no-stat", new, env=env)
+    except GitCommandError as exc:
+        if _branch_head(repo, target) == head:
+            raise PreflightError(
+                f"git refused to update {target.branch!r} in {repo.working_tree_dir}: "
+                f"{_stderr(exc)}. Nothing was changed; fix the cause and re-run."
+            ) from exc
+        raise CommandFailed(
+            f"Updating {target.branch!r} in {repo.working_tree_dir} to {new[:12]} failed "
+            f"half-way: {_stderr(exc)}. Check `git status` there before anything else.",
+            returncode=exc.status if isinstance(exc.status, int) else None,
+            output=_stderr(exc),
+        ) from exc
+
+
+def _commit_restored(
+    target: ServiceTarget,
+    *,
+    ref: str,
+    expected_head: str,
+    run_key: str,
+    wanted_tree: Callable[[Repo, str, str], str],
+    subject: Callable[[CommitInfo], str],
+) -> RestoredVersion:
+    """Add one commit on the branch whose tree is `wanted_tree(repo, head, restored_sha)`.
+
+    Check before act: a head made by this run with that tree is returned as is; a head that
+    moved since approval, or a dirty checkout, is refused before anything changes.
+    """
+    run_key = run_key.strip()
+    _check_run_key(run_key)
+    log = _logger()
+    with _open(target) as repo:
+        head = _check_checkout(repo, target)
+        restored = _resolve(repo, ref)
+        tree = wanted_tree(repo, head, restored)
+        head_tree = _tree(repo, head)
+        head_commit = _commits(repo, "--max-count=1", head)[0]
+
+        if head_commit.trailer(RUN_TRAILER) == run_key and head_tree == tree:
+            # This run already made the commit (the procedure is being re-run).
+            previous = head_commit.trailer(FROM_TRAILER) or _git(repo, "rev-parse", f"{head}^")
+            log.info("%s already restored %s by this run, as %s", target.branch, restored[:12], head[:12])
+            return RestoredVersion(
+                previous_head=previous, new_head=head, restored_sha=restored, created=False
+            )
+
+        if head != expected_head.strip().lower():
+            # What was approved is no longer what would happen.
+            raise PreflightError(
+                f"{target.branch!r} in {repo.working_tree_dir} moved from {expected_head[:12]} to "
+                f"{head[:12]} ({head_commit.subject!r}) since the change was approved. Nothing "
+                "was changed. Re-run the procedure to review and approve against the new head."
+            )
+        _check_clean(repo)
+
+        if head_tree == tree:
+            # Committing would change nothing; an empty rollback commit only adds noise.
+            log.info("%s already has the content of %s; nothing to commit", target.branch, restored[:12])
+            return RestoredVersion(previous_head=head, new_head=head, restored_sha=restored, created=False)
+
+        restored_commit = _commits(repo, "--max-count=1", restored)[0]
+        trailers = f"{RUN_TRAILER}: {run_key}\n{FROM_TRAILER}: {head}"
+        log.info("Committing %r on %s in %s", subject(restored_commit), target.branch, repo.working_tree_dir)
+        new = _git(repo, "commit-tree", tree, "-p", head, "-m", subject(restored_commit), "-m", trailers)
+        _fast_forward(repo, target, head, new, run_key)
+        log.info("%s is now %s (was %s)", target.branch, new[:12], head[:12])
+        return RestoredVersion(previous_head=head, new_head=new, restored_sha=restored, created=True)
+
+
+# -- steps ----------------------------------------------------------------------------------
+
+
+@step("check the repository")
+def inspect_repository(target: ServiceTarget) -> RepoStatus:
+    """Check the service's checkout is a git repository on the production branch with no
+    local changes. Changes nothing; raises PreflightError saying what to fix."""
+    _logger().info("Checking %s is a clean checkout of %s", target.repository_path, target.branch)
+    with _open(target) as repo:
+        head = _check_checkout(repo, target)
+        _check_clean(repo)
+        return RepoStatus(
+            path=str(target.repository_path),
+            branch=target.branch,
+            head_sha=head,
+            dirty=False,
+            dirty_files=[],
+        )
+
+
+@step("git log --oneline")
+def recent_history(target: ServiceTarget, limit: int = 50) -> list[CommitInfo]:
+    """The last `limit` commits of the production branch (first parent), newest first.
+    Changes nothing."""
+    if limit < 1:
+        raise ConfigurationError(f"limit must be at least 1, got {limit}")
+    _logger().info("Reading the last %d commits of %s", limit, target.branch)
+    with _open(target) as repo:
+        head = _branch_head(repo, target)
+        return _commits(repo, "--first-parent", f"--max-count={limit}", head)
+
+
+@step("resolve the named version")
+def resolve_version(target: ServiceTarget, ref: str) -> CommitInfo:
+    """The commit a hash, tag or branch name refers to. Changes nothing.
+
+    A commit that is not in the branch's history is allowed (say, a hotfix tag), but logged.
+    """
+    log = _logger()
+    with _open(target) as repo:
+        sha = _resolve(repo, ref)
+        head = _branch_head(repo, target)
+        try:
+            _run(repo, "merge-base", "--is-ancestor", sha, head)
+        except GitCommandError:
+            log.warning("%s (%s) is not in the history of %s", ref, sha[:12], target.branch)
+        return _commits(repo, "--max-count=1", sha)[0]
+
+
+@step("show what will be rolled back")
+def rollback_preview(target: ServiceTarget, to_sha: str) -> RollbackPreview:
+    """The commits in to_sha..head and `git diff --stat to_sha head`. Changes nothing."""
+    _logger().info("Comparing %s with %s", to_sha, target.branch)
+    with _open(target) as repo:
+        head = _branch_head(repo, target)
+        to = _resolve(repo, to_sha)
+        commits = _commits(repo, f"{to}..{head}")
+        stat = _git(repo, "diff", "--stat", "--no-color", "--no-ext-diff", to, head)
+        files_changed, insertions, deletions = parse_diff_summary(stat)
+        return RollbackPreview(
+            from_sha=head,
+            to_sha=to,
+            commits=commits,
+            diff_stat=stat,
+            files_changed=files_changed,
+            insertions=insertions,
+            deletions=deletions,
+        )
+
+
+@step("git checkout <commit-hash>", mutating=True)
+def restore_version(target: ServiceTarget, to_sha: str, expected_head: str, run_key: str) -> RestoredVersion:
+    """Put the content of `to_sha` on the production branch as one new commit on top of
+    `expected_head` (history is kept; files added since are removed), and update the
+    checkout to it. Also returns to the version that was running: pass its sha as `to_sha`.
+
+    Refuses (PreflightError, nothing changed) if the branch moved since approval or the
+    checkout has local changes; returns created=False if this run already did it.
+    """
+    return _commit_restored(
+        target,
+        ref=to_sha,
+        expected_head=expected_head,
+        run_key=run_key,
+        wanted_tree=lambda repo, head, restored: _tree(repo, restored),
+        subject=lambda commit: f"Roll back {target.service} to {commit.short}: {commit.subject}",
+    )
+
+
+@step("git log --oneline -- <config file>")
+def config_history(target: ServiceTarget, path: str, limit: int = 20) -> list[CommitInfo]:
+    """The last `limit` commits of the production branch that changed the configuration
+    file `path`, newest first. Changes nothing."""
+    if limit < 1:
+        raise ConfigurationError(f"limit must be at least 1, got {limit}")
+    path = _config_path(target, path)
+    _logger().info("Reading the history of %s on %s", path, target.branch)
+    with _open(target) as repo:
+        head = _branch_head(repo, target)
+        history = _commits(repo, "--first-parent", f"--max-count={limit}", head, "--", _literal(path))
+        if not history:
+            raise PreflightError(
+                f"{path} has no history on {target.branch!r} in {repo.working_tree_dir}: no commit "
+                "changed it. Check the path (relative to the repository root) in `config_files` "
+                f"of the {target.service!r} service target block."
+            )
+        return history
+
+
+@step("show the config diff")
+def config_diff(target: ServiceTarget, path: str, from_sha: str) -> ConfigDiff:
+    """`git diff from_sha head -- path`: how the file changed since that version (restoring
+    reverses it). Changes nothing."""
+    path = _config_path(target, path)
+    _logger().info("Diffing %s between %s and %s", path, from_sha, target.branch)
+    with _open(target) as repo:
+        head = _branch_head(repo, target)
+        sha = _resolve(repo, from_sha)
+        _file_at(repo, sha, path)
+        diff = _git(repo, "diff", "--no-color", "--no-ext-diff", sha, head, "--", _literal(path))
+        return ConfigDiff(path=path, from_sha=sha, head_sha=head, diff=diff, identical=not diff.strip())
+
+
+@step("git checkout <commit> -- <config file>", mutating=True)
+def restore_config_file(
+    target: ServiceTarget, path: str, from_sha: str, expected_head: str, run_key: str
+) -> RestoredVersion:
+    """Put the configuration file `path` back as it was at `from_sha`, as one new commit on
+    the production branch that changes only that file, and update the checkout to it.
+
+    Same guards as restore_version: refuses if the branch moved since approval or the
+    checkout has local changes; returns created=False if this run already did it.
+    """
+    path = _config_path(target, path)
+
+    def wanted_tree(repo: Repo, head: str, restored: str) -> str:
+        # The head's tree with only this one file replaced, built in a scratch index so the
+        # checkout's own index is untouched until the fast-forward.
+        mode, blob = _file_at(repo, restored, path)
+        with tempfile.TemporaryDirectory(prefix="sevflow-index-") as scratch:
+            env = {"GIT_INDEX_FILE": os.path.join(scratch, "index")}
+            _git(repo, "read-tree", head, env=env)
+            _git(repo, "update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}", env=env)
+            return _git(repo, "write-tree", env=env)
+
+    return _commit_restored(
+        target,
+        ref=from_sha,
+        expected_head=expected_head,
+        run_key=run_key,
+        wanted_tree=wanted_tree,
+        subject=lambda commit: f"Restore {path} from {commit.short}",
+    )

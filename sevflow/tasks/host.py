@@ -1,0 +1,272 @@
+"""Running the service's own commands on this machine: build, deploy, reload configuration.
+
+Each command is the block's shell text (the runbook's `npm run build`, `npm start`), run with
+`bash -c` in the service's repository, with the block's command secrets added to the
+environment. Output is streamed to the run's log line by line as progress, with every secret
+the block holds masked; the same masked lines are the only output sevflow records.
+
+A command has a finite time (the block's `command_timeout_seconds`); past it, its whole
+process group is stopped and the step fails. A command that leaves a process running (a
+server started in the background) must send that process's output elsewhere, e.g.
+`nohup npm start >app.log 2>&1 &`: sevflow stops reading shortly after the command itself
+exits, and a foreground `npm start` never exits, so it is stopped at the timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections import deque
+from typing import Callable, Literal
+
+from prefect.exceptions import MissingContextError
+from prefect.logging.loggers import get_logger, get_run_logger
+from pydantic import BaseModel, Field
+
+from sevflow.blocks.service import ServiceTarget
+from sevflow.errors import CommandFailed, ConfigurationError
+from sevflow.tasks.common import step
+
+CommandKind = Literal["build", "deploy", "reload"]
+
+MASK = "********"
+
+# Which block field holds each kind of command (named in errors and preflight reports).
+COMMAND_FIELDS: dict[CommandKind, str] = {
+    "build": "build_command",
+    "deploy": "deploy_command",
+    "reload": "reload_command",
+}
+
+_TAIL_LINES = 40  # kept in the result
+_ERROR_TAIL_LINES = 20  # quoted in a failure message
+_POLL_SECONDS = 0.1  # how often the deadline is checked while a command is silent
+_DRAIN_SECONDS = 1.0  # how long to keep reading after the command exited (see module doc)
+_KILL_GRACE_SECONDS = 5.0  # between SIGTERM and SIGKILL when a command times out
+_MAX_LINE_BYTES = 64 * 1024  # a longer line without a newline is logged in pieces
+
+
+class CommandResult(BaseModel):
+    """What one command did: the command as shown to people (secrets masked), its exit code,
+    how long it took and the last lines of its output (masked)."""
+
+    kind: CommandKind
+    command: str
+    returncode: int
+    duration_seconds: float
+    output_tail: str = Field(default="", description=f"last {_TAIL_LINES} lines, secrets masked")
+
+
+def mask_secrets(text: str, secrets: list[str]) -> str:
+    """`text` with every occurrence of each secret replaced by ``********``."""
+    # Longest first, so a secret that contains another is masked whole.
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def missing_commands(target: ServiceTarget, needed: list[str]) -> list[str]:
+    """The block fields (e.g. ``deploy_command``) that `needed` kinds of command
+    ("build", "deploy", "reload") require and the block leaves unset. Pure, for preflight."""
+    unknown = [kind for kind in needed if kind not in COMMAND_FIELDS]
+    if unknown:
+        raise ValueError(f"unknown command kinds {unknown}: use {', '.join(COMMAND_FIELDS)}")
+    return [
+        COMMAND_FIELDS[kind]  # type: ignore[index]
+        for kind in needed
+        if not getattr(target, COMMAND_FIELDS[kind])  # type: ignore[index]
+    ]
+
+
+@step("build", mutating=True)
+def build(target: ServiceTarget, phase: str) -> CommandResult:
+    """Build the service in its repository (runbook: `npm run build`): runs the block's
+    `build_command`. Without one there is nothing to build, and the step says it skipped."""
+    if not target.build_command:
+        # Some services deploy straight from source; a missing build is not an error.
+        _logger().info("No build command configured for %s (%s): skipping the build", target.service, phase)
+        return CommandResult(
+            kind="build",
+            command="",
+            returncode=0,
+            duration_seconds=0.0,
+            output_tail="skipped: no build command configured",
+        )
+    return _run_command(target, "build", target.build_command, phase)
+
+
+@step("deploy", mutating=True)
+def deploy(target: ServiceTarget, phase: str) -> CommandResult:
+    """Start the checked-out version of the service (runbook: `npm start`): runs the block's
+    `deploy_command`, which must return once the new version runs."""
+    return _run_command(target, "deploy", _required_command(target, "deploy"), phase)
+
+
+@step("reload configuration", mutating=True)
+def reload_configuration(target: ServiceTarget, phase: str) -> CommandResult:
+    """Make the running service re-read its configuration: runs the block's `reload_command`."""
+    return _run_command(target, "reload", _required_command(target, "reload"), phase)
+
+
+def _required_command(target: ServiceTarget, kind: CommandKind) -> str:
+    field = COMMAND_FIELDS[kind]
+    command = getattr(target, field)
+    if not command:
+        raise ConfigurationError(
+            f"Service {target.service!r} has no {kind} command: set `{field}` on its "
+            "sevflow Service Target block."
+        )
+    return command
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    # Inside a run the lines belong in the run's log (the UI shows them as progress);
+    # called outside one (tests, the command line), they go to an ordinary logger.
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return get_logger("sevflow.tasks.host")
+
+
+def _run_command(target: ServiceTarget, kind: CommandKind, command: str, phase: str) -> CommandResult:
+    """Run `command` with bash in the repository; stream, mask, time-limit it."""
+    logger = _logger()
+    secrets = target.secret_values()
+    shown = mask_secrets(command, secrets)
+    cwd = target.repository_path
+    if not cwd.is_dir():
+        raise ConfigurationError(
+            f"Service {target.service!r}: repository {str(cwd)!r} is not a directory; "
+            "set `repository` on its sevflow Service Target block."
+        )
+    timeout = target.command_timeout_seconds
+    tail: deque[str] = deque(maxlen=_TAIL_LINES)
+
+    def emit(raw: bytes) -> None:
+        line = mask_secrets(raw.decode("utf-8", errors="replace"), secrets).rstrip("\r")
+        # Progress bars redraw with carriage returns; keep what a terminal would show.
+        line = line.rsplit("\r", 1)[-1]
+        tail.append(line)
+        logger.info("%s | %s", kind, line)
+
+    logger.info("Running %s command (%s) in %s: %s", kind, phase, cwd, shown)
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        ["bash", "-c", command],
+        cwd=cwd,
+        env={**os.environ, **target.command_environment()},
+        stdin=subprocess.DEVNULL,  # a command that asks a question must fail, not hang
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        bufsize=0,
+        start_new_session=True,  # its own process group, so a timeout stops all of it
+    )
+    try:
+        finished = _pump_output(proc, started + timeout, emit)
+        if not finished:
+            _stop_process_group(proc)
+    finally:
+        # Whatever interrupted us (cancellation included), nothing is left running.
+        if proc.poll() is None:
+            _stop_process_group(proc)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    duration = time.monotonic() - started
+    output_tail = mask_secrets("\n".join(tail), secrets)
+    last_lines = "\n".join(output_tail.splitlines()[-_ERROR_TAIL_LINES:]) or "(no output)"
+
+    if not finished:
+        logger.error("%s command timed out after %g s and was stopped", kind, timeout)
+        raise CommandFailed(
+            f"The {kind} command timed out after {timeout:g} s and was stopped "
+            f"(its whole process group): `{shown}` in {cwd}. Raise `command_timeout_seconds` "
+            f"on the service target block if it needs longer. Last output:\n{last_lines}",
+            returncode=None,
+            output=output_tail,
+        )
+    returncode = proc.returncode
+    if returncode != 0:
+        logger.error("%s command exited with code %d after %.1f s", kind, returncode, duration)
+        raise CommandFailed(
+            f"The {kind} command `{shown}` in {cwd} exited with code {returncode}. "
+            f"Last output:\n{last_lines}",
+            returncode=returncode,
+            output=output_tail,
+        )
+    logger.info("%s command finished in %.1f s (exit code 0)", kind, duration)
+    return CommandResult(
+        kind=kind,
+        command=shown,
+        returncode=returncode,
+        duration_seconds=round(duration, 3),
+        output_tail=output_tail,
+    )
+
+
+def _pump_output(proc: subprocess.Popen[bytes], deadline: float, emit: Callable[[bytes], None]) -> bool:
+    """Hand each output line to `emit` until the command exits; False if the deadline passed first."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    pending = b""
+    reading = True
+    exited_at: float | None = None
+    finished = False
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while True:
+            now = time.monotonic()
+            if proc.poll() is not None:
+                exited_at = exited_at if exited_at is not None else now
+                # A background process may still hold the pipe: read only a little longer.
+                if not reading or now - exited_at >= _DRAIN_SECONDS:
+                    finished = True
+                    break
+            elif now >= deadline:
+                break
+            if not reading:
+                # The command closed its output but is still running: just wait for it.
+                try:
+                    proc.wait(timeout=max(deadline - now, 0.0))
+                except subprocess.TimeoutExpired:
+                    break
+                continue
+            until = deadline if exited_at is None else exited_at + _DRAIN_SECONDS
+            if not selector.select(timeout=max(min(_POLL_SECONDS, until - now), 0.0)):
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                reading = False
+                selector.unregister(fd)
+                continue
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                emit(line)
+            if len(pending) > _MAX_LINE_BYTES:
+                emit(pending)
+                pending = b""
+    if pending:
+        emit(pending)
+    return finished
+
+
+def _stop_process_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the command's process group, then SIGKILL whatever is left after a grace period."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=_KILL_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        # Children that ignored SIGTERM (or outlived bash) go too.
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()

@@ -1,0 +1,228 @@
+"""Versions of a service and how to pick one to go back to. Pure: no git, no I/O.
+
+The git tasks (:mod:`sevflow.tasks.git`) read commits into :class:`CommitInfo` and hand them
+here; the decisions of the runbook's "Identify last good version" and "Git shows config
+history" steps are made by the functions below, so they can be tested without a repository.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from fnmatch import fnmatchcase
+
+from pydantic import BaseModel, Field, field_validator
+
+GOOD_VALUES = frozenset({"yes", "true", "1", "good"})
+"""Trailer values (case-insensitive) that mark a commit known to be good."""
+
+MAX_LISTED_COMMITS = 30
+"""The approval form lists at most this many commits; the rest are counted."""
+
+# `Key: value`, the key as git accepts it (letters, digits, dashes), spaces allowed before ':'.
+_TRAILER_LINE = re.compile(r"^(?P<key>[A-Za-z0-9][A-Za-z0-9-]*)[ \t]*:[ \t]*(?P<value>.*)$")
+_SHORTSTAT = {
+    "files_changed": re.compile(r"(\d+) files? changed"),
+    "insertions": re.compile(r"(\d+) insertions?\(\+\)"),
+    "deletions": re.compile(r"(\d+) deletions?\(-\)"),
+}
+
+
+class CommitInfo(BaseModel):
+    """One commit as the runbook talks about it."""
+
+    sha: str
+    short: str
+    subject: str
+    author: str
+    authored_at: datetime = Field(description="timezone-aware, UTC")
+    tags: list[str] = Field(default_factory=list)
+    trailers: dict[str, str] = Field(default_factory=dict, description="keys as written")
+
+    @field_validator("authored_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        # Naive datetimes are ambiguous across on-call timezones: refuse them.
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("authored_at must be timezone-aware")
+        return value.astimezone(timezone.utc)
+
+    def trailer(self, key: str) -> str | None:
+        """The value of trailer `key`, matched case-insensitively as git does."""
+        return trailer_value(self.trailers, key)
+
+    def oneline(self) -> str:
+        """Like `git log --oneline`."""
+        return f"{self.short} {self.subject}"
+
+
+class RepoStatus(BaseModel):
+    """The checkout a procedure is about to act on."""
+
+    path: str
+    branch: str
+    head_sha: str
+    dirty: bool
+    dirty_files: list[str] = Field(default_factory=list)
+
+
+class RollbackPreview(BaseModel):
+    """What rolling back from `from_sha` (the running version) to `to_sha` will undo."""
+
+    from_sha: str
+    to_sha: str
+    commits: list[CommitInfo] = Field(default_factory=list, description="to_sha..from_sha, newest first")
+    diff_stat: str = Field(default="", description="`git diff --stat to_sha from_sha`")
+    files_changed: int = 0
+    insertions: int = 0
+    deletions: int = 0
+
+
+class RestoredVersion(BaseModel):
+    """The outcome of a rollback commit.
+
+    `created` is False when nothing was committed: the same run already made this commit
+    (a re-run), or the branch already had exactly the requested content.
+    """
+
+    previous_head: str
+    new_head: str
+    restored_sha: str
+    created: bool
+
+
+class ConfigDiff(BaseModel):
+    """How a configuration file changed between `from_sha` and the branch head.
+
+    `diff` is `git diff from_sha head -- path`: restoring the file reverses it.
+    """
+
+    path: str
+    from_sha: str
+    head_sha: str
+    diff: str
+    identical: bool
+
+
+def trailer_value(trailers: dict[str, str], key: str) -> str | None:
+    """Look a trailer up case-insensitively; the last one written wins."""
+    wanted = key.lower()
+    found: str | None = None
+    for name, value in trailers.items():
+        if name.lower() == wanted:
+            found = value
+    return found
+
+
+def parse_trailers(message: str) -> dict[str, str]:
+    """The trailers of a commit message: the `Key: value` lines of its last paragraph.
+
+    As in git, the subject paragraph never holds trailers, every line of the block must be
+    a trailer (indented lines continue the one above), and a later key overrides an earlier one.
+    """
+    lines = message.replace("\r\n", "\n").rstrip().split("\n")
+    paragraphs: list[list[str]] = [[]]
+    for line in lines:
+        if line.strip():
+            paragraphs[-1].append(line)
+        elif paragraphs[-1]:
+            paragraphs.append([])
+    paragraphs = [p for p in paragraphs if p]
+    if len(paragraphs) < 2:
+        return {}
+
+    trailers: dict[str, str] = {}
+    last_key: str | None = None
+    for line in paragraphs[-1]:
+        if line[0] in " \t" and last_key is not None:
+            trailers[last_key] = f"{trailers[last_key]} {line.strip()}".strip()
+            continue
+        if line.startswith("(cherry picked from commit "):
+            # `git cherry-pick -x` appends this line to the trailer block.
+            last_key = None
+            continue
+        match = _TRAILER_LINE.match(line)
+        if match is None:
+            # Prose in the last paragraph: it is not a trailer block at all.
+            return {}
+        last_key = match["key"]
+        trailers.pop(last_key, None)  # keep the order of the last occurrence
+        trailers[last_key] = match["value"].strip()
+    return trailers
+
+
+def is_marked_good(commit: CommitInfo, tag_pattern: str, trailer_key: str) -> bool:
+    """True if a tag matches the glob `tag_pattern`, or trailer `trailer_key` says yes/true/1/good."""
+    if tag_pattern and any(fnmatchcase(tag, tag_pattern) for tag in commit.tags):
+        return True
+    value = commit.trailer(trailer_key) if trailer_key else None
+    return value is not None and value.strip().lower() in GOOD_VALUES
+
+
+def pick_last_good(
+    history: list[CommitInfo],
+    head_sha: str,
+    tag_pattern: str,
+    trailer_key: str,
+) -> CommitInfo | None:
+    """The newest known-good commit of `history` (newest first) other than the head.
+
+    The head is what is running and broken, so even if it was marked good it is not a
+    version to go back to. None when no other commit is marked.
+    """
+    for commit in history:
+        if commit.sha == head_sha:
+            continue
+        if is_marked_good(commit, tag_pattern, trailer_key):
+            return commit
+    return None
+
+
+def previous_config_version(history_of_file: list[CommitInfo]) -> CommitInfo | None:
+    """The version of a file before its latest change (history newest first), if any."""
+    return history_of_file[1] if len(history_of_file) >= 2 else None
+
+
+def parse_diff_summary(stat: str) -> tuple[int, int, int]:
+    """(files changed, insertions, deletions) from the summary line of `git diff --stat`."""
+    summary = next((line for line in reversed(stat.splitlines()) if "changed" in line), "")
+    counts = []
+    for pattern in _SHORTSTAT.values():
+        match = pattern.search(summary)
+        counts.append(int(match.group(1)) if match else 0)
+    return counts[0], counts[1], counts[2]
+
+
+def render_preview_markdown(preview: RollbackPreview) -> str:
+    """Markdown for the approval form: the commits being undone and the diff stat."""
+    running, target = preview.from_sha[:12], preview.to_sha[:12]
+    if not preview.commits and preview.files_changed == 0:
+        return f"Nothing to roll back: `{running}` already has the content of `{target}`."
+
+    count = len(preview.commits)
+    lines = [
+        f"Rolling back from `{running}` (running) to `{target}`: "
+        f"{count} commit{'s' if count != 1 else ''} undone, "
+        f"{preview.files_changed} file{'s' if preview.files_changed != 1 else ''} changed, "
+        f"+{preview.insertions} −{preview.deletions}.",
+        "",
+    ]
+    if preview.commits:
+        lines += ["**Commits being rolled back** (newest first):", ""]
+        for commit in preview.commits[:MAX_LISTED_COMMITS]:
+            when = commit.authored_at.strftime("%Y-%m-%d %H:%M UTC")
+            lines.append(f"- `{commit.short}` {commit.subject} — {commit.author}, {when}")
+        if count > MAX_LISTED_COMMITS:
+            lines.append(
+                f"- …and {count - MAX_LISTED_COMMITS} more "
+                f"(`git log --oneline {target}..{running}`)"
+            )
+        lines.append("")
+    lines += [
+        f"**Diff stat** (`git diff --stat {target} {running}`):",
+        "",
+        "```text",
+        preview.diff_stat or "(no file changes)",
+        "```",
+    ]
+    return "\n".join(lines)
