@@ -163,3 +163,43 @@ class TimelineEntry(BaseModel):
     description: str
     actor: str = ""
     details: dict[str, Any] = Field(default_factory=dict)
+
+
+class IncidentContext(BaseModel):
+    """The incident a flow run works on; every record and event is filed under it."""
+
+    incident_id: str
+    procedure: str
+    service: str
+    severity: Severity
+    flow_run_id: str
+    flow_run_name: str = ""
+    run_url: str | None = None
+    opened_at: datetime
+    reason: str = ""
+
+    @property
+    def resource_id(self) -> str:
+        return f"sevflow.incident.{self.incident_id}"
+
+    @property
+    def tags(self) -> list[str]:
+        return [
+            "sevflow",
+            f"incident:{self.incident_id}",
+            f"sev:{self.severity.number}",
+            f"service:{self.service}",
+        ]
+
+
+class GateRequest(BaseModel):
+    """What a waiting gate asks, stored with the run so `sevflow pending` and the
+    escalation watcher can read it without the flow's process."""
+
+    gate: str
+    incident: IncidentContext
+    change: ProposedChange
+    approvers: list[str]
+    required_approvals: int
+    tiers: list[dict[str, Any]] = Field(default_factory=list)
+    opened_at: datetime

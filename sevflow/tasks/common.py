@@ -16,6 +16,7 @@ from typing import Any, Callable, TypeVar
 
 import httpx
 from prefect import Task, task
+from prefect.blocks.core import Block
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.utilities.hashing import hash_objects
@@ -31,8 +32,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def _stable(value: Any) -> Any:
-    # Blocks and models hash by their JSON form: SecretStr dumps as asterisks, so no
-    # secret reaches a cache key, and two loads of the same block hash alike.
+    # A saved block hashes by its name, not its fields: someone editing the block while a
+    # gate waits must not change the keys of steps that already ran (their side effects
+    # would run again on replay). Other models hash by their JSON form, where SecretStr
+    # dumps as asterisks, so no secret reaches a cache key.
+    if isinstance(value, Block) and getattr(value, "_block_document_name", None):
+        return {"block": f"{value.get_block_type_slug()}/{value._block_document_name}"}
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, (list, tuple)):

@@ -1,0 +1,169 @@
+"""The `sevflow` command line."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="sevflow: the emergency runbook as approval-gated Prefect flows.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.command()
+def up(
+    port: int = typer.Option(4200, help="Port of the embedded Prefect server (127.0.0.1)."),
+    limit: int = typer.Option(20, help="Most flow runs executing at once (waiting gates hold none)."),
+    escalation_interval: float = typer.Option(30.0, help="Seconds between escalation watcher passes."),
+) -> None:
+    """Start the embedded stack: a Prefect server (SQLite, loopback) and a worker serving every procedure."""
+    from sevflow.embedded import up as run_up
+    from sevflow.errors import SevflowError
+
+    try:
+        raise typer.Exit(run_up(port=port, limit=limit, escalation_interval=escalation_interval, echo=out.print))
+    except SevflowError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def serve(
+    limit: int = typer.Option(20, help="Most flow runs executing at once."),
+    poll: float = typer.Option(0.5, help="Seconds between polls for runs to start (and resumed runs)."),
+    escalation_interval: float = typer.Option(30.0, help="Escalation watcher schedule; 0 disables it here."),
+) -> None:
+    """Serve every procedure from this process (a worker) against PREFECT_API_URL."""
+    from sevflow.worker import serve as run_serve
+
+    run_serve(limit=limit, query_seconds=poll, escalation_interval=escalation_interval or None)
+
+
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--param takes key=value, got {pair!r}")
+        try:
+            value: Any = json.loads(raw)
+            if not isinstance(value, (int, float, bool, list, dict)) or isinstance(value, bool) and raw not in ("true", "false"):
+                value = raw
+        except json.JSONDecodeError:
+            value = raw
+        params[key.strip()] = value
+    return params
+
+
+@app.command()
+def run(
+    procedure: str = typer.Argument(..., help="e.g. application-rollback"),
+    param: list[str] = typer.Option([], "--param", "-p", help="key=value, repeatable"),
+) -> None:
+    """Start a procedure's run on the served deployment and print its link."""
+    from prefect.deployments import run_deployment
+
+    from sevflow.deployments import DEPLOYMENT_NAME, procedures
+    from sevflow.tasks.orchestrator import run_url
+
+    flows = procedures()
+    if procedure not in flows:
+        _fail(f"unknown procedure {procedure!r}; known: {', '.join(sorted(flows))}")
+    params = _parse_params(param)
+    signature = inspect.signature(flows[procedure].fn)
+    unknown = sorted(set(params) - set(signature.parameters))
+    if unknown:
+        _fail(f"{procedure} has no parameter {', '.join(unknown)}; it takes: {', '.join(signature.parameters)}")
+    missing = [n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty and n not in params]
+    if missing:
+        _fail(f"{procedure} needs --param {' --param '.join(m + '=...' for m in missing)}")
+    try:
+        flow_run = run_deployment(f"{procedure}/{DEPLOYMENT_NAME}", parameters=params, timeout=0)
+    except Exception as exc:  # the server's words are the useful part
+        _fail(f"could not start {procedure}: {exc}")
+    out.print(f"Started {procedure}: flow run {flow_run.id} ({flow_run.name})")
+    out.print(f"  {run_url(flow_run.id) or ''}")
+    out.print(f"  It will pause at the approval gate; answer with: sevflow approve {flow_run.id} --as NAME --reason TEXT")
+
+
+@app.command()
+def pending() -> None:
+    """List runs waiting at an approval gate."""
+    from sevflow.gate import waiting_gates
+    from sevflow.tasks.orchestrator import read_records
+
+    gates = waiting_gates()
+    if not gates:
+        out.print("No run is waiting for approval.")
+        return
+    table = Table("flow run", "incident", "sev", "proposed change", "waiting since (UTC)", "who may answer", "approved by")
+    for run, request in gates:
+        answers = read_records(run.id, f"sevflow-record-{request.gate}-")
+        approved = sorted({v.get("actor", "") for v in answers.values()
+                           if isinstance(v, dict) and v.get("details", {}).get("verdict") == "counted"})
+        table.add_row(
+            str(run.id), request.incident.incident_id, request.incident.severity.value, request.change.title,
+            request.opened_at.strftime("%Y-%m-%d %H:%M:%S"),
+            f"{', '.join(request.approvers)} ({request.required_approvals} needed)", ", ".join(approved) or "-",
+        )
+    out.print(table)
+
+
+def _answer(decision: str, flow_run_id: str, name: str, reason: str, wait: float) -> None:
+    from sevflow.gate import AnswerRefused, answer_gate
+
+    try:
+        verdict = answer_gate(flow_run_id, decision, name, reason, wait_seconds=wait)  # type: ignore[arg-type]
+    except AnswerRefused as exc:
+        _fail(str(exc), code=1)
+    out.print(verdict)
+
+
+@app.command()
+def approve(
+    flow_run_id: str,
+    as_: str = typer.Option(..., "--as", help="Your name, as the approval policy lists you."),
+    reason: str = typer.Option(..., "--reason", help="Why; recorded in the timeline."),
+    wait: float = typer.Option(15.0, help="Seconds to wait for the gate's verdict."),
+) -> None:
+    """Approve the change a run is waiting on."""
+    _answer("approve", flow_run_id, as_, reason, wait)
+
+
+@app.command()
+def reject(
+    flow_run_id: str,
+    as_: str = typer.Option(..., "--as", help="Your name, as the approval policy lists you."),
+    reason: str = typer.Option(..., "--reason", help="Why; recorded in the timeline."),
+    wait: float = typer.Option(15.0, help="Seconds to wait for the gate's verdict."),
+) -> None:
+    """Reject the change a run is waiting on: nothing is changed."""
+    _answer("reject", flow_run_id, as_, reason, wait)
+
+
+@app.command()
+def escalate() -> None:
+    """Run one pass of the escalation watcher now."""
+    from sevflow.flows.approval_escalation import approval_escalation
+
+    done = approval_escalation()
+    out.print(done or "nothing due")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""`sevflow up`: the embedded default. One command starts, on this machine,
+
+- a Prefect server on SQLite in a local state folder (loopback only, analytics off),
+  unless PREFECT_API_URL names a server to use;
+- a worker serving every procedure (`sevflow serve`).
+
+Ctrl-C stops everything it started; running it again reuses the state folder.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from sevflow.errors import ConfigurationError
+
+
+def state_home() -> Path:
+    return Path(os.environ.get("SEVFLOW_HOME", Path.home() / ".sevflow")).expanduser()
+
+
+def server_environment(home: Path, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for key in list(env):
+        # A database URL or profile meant for another server must not leak into this one.
+        if key.startswith("PREFECT_API_DATABASE") or key in {"PREFECT_API_URL", "PREFECT_PROFILE"}:
+            env.pop(key)
+    env.update(
+        PREFECT_HOME=str(home / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_PORT=str(port),
+    )
+    return env
+
+
+def wait_healthy(api_url: str, process: subprocess.Popen[bytes] | None, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ConfigurationError(f"The Prefect server exited with code {process.returncode} while starting.")
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise ConfigurationError(f"The Prefect server at {api_url} did not answer /health within {timeout:.0f}s.")
+
+
+def start_server(home: Path, port: int, log_file: Path) -> subprocess.Popen[bytes]:
+    home.mkdir(parents=True, exist_ok=True)
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1)
+    except httpx.TransportError:
+        pass
+    else:
+        raise ConfigurationError(
+            f"Port {port} is already in use. Stop what uses it, pass --port, or point PREFECT_API_URL at "
+            "that server if it is a Prefect server."
+        )
+    out = log_file.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=server_environment(home, port), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def stop(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """Stop a child and everything it started (it leads its own process group)."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, echo=print) -> int:
+    home = state_home()
+    home.mkdir(parents=True, exist_ok=True)
+    children: list[subprocess.Popen[bytes]] = []
+    api_url = os.environ.get("PREFECT_API_URL")
+    try:
+        if api_url:
+            echo(f"Using the Prefect server at {api_url} (PREFECT_API_URL).")
+            wait_healthy(api_url, None, timeout=15)
+            worker_env = dict(os.environ)
+        else:
+            api_url = f"http://127.0.0.1:{port}/api"
+            echo(f"Starting a Prefect server on SQLite in {home / 'prefect'} (log: {home / 'server.log'}) ...")
+            children.append(start_server(home, port, home / "server.log"))
+            wait_healthy(api_url, children[0])
+            worker_env = server_environment(home, port)
+            worker_env["PREFECT_API_URL"] = api_url
+        ui = api_url[: -len("/api")] if api_url.endswith("/api") else api_url
+        worker_env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "sevflow", "serve", "--limit", str(limit),
+             "--escalation-interval", str(escalation_interval)],
+            env=worker_env, stdin=subprocess.DEVNULL, start_new_session=True,
+        ))
+        echo("")
+        echo(f"sevflow is up. Prefect UI: {ui}")
+        echo(f"  Deployments: {ui}/deployments  (Run → application-rollback, configuration-rollback)")
+        echo(f"  Blocks:      {ui}/blocks  (add a 'sevflow Service Target'; edit 'sevflow Approval Policy' default)")
+        echo("  Waiting approvals:  PREFECT_API_URL=" + api_url + " sevflow pending")
+        echo("  Approve:            sevflow approve <flow-run-id> --as NAME --reason TEXT  (or Resume in the UI)")
+        echo("Ctrl-C stops everything.")
+        while True:
+            for child in children:
+                if child.poll() is not None:
+                    echo(f"A sevflow process exited (code {child.returncode}); stopping.")
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        echo("\nStopping ...")
+        return 0
+    finally:
+        for child in reversed(children):
+            stop(child)

@@ -1,0 +1,1 @@
+"""One module per procedure, one top-level @flow each, named as in the runbook."""

@@ -1,0 +1,430 @@
+"""The approval gate: "Never make production changes without explicit approval."
+
+Every mutating step of every procedure is reached only through :func:`require_approval`.
+
+How it waits. The gate *suspends* the flow run (Prefect frees the process and the worker
+slot; nothing holds a worker while people think) with typed input: `decision` (approve or
+reject, a required choice with no default), `approver` and `reason`. When answered, Prefect
+reschedules the run and its body runs again from the top: every step before the gate is a
+persisted, run-keyed task, so it is skipped, and each earlier answer is replayed from the
+run's stored inputs in order (answer keys are `<gate>-answer-<n>`). The gate is therefore a
+deterministic fold over its answers, and the policy's verdict on each answer is itself a
+persisted step, so a policy edited while a gate waits cannot change a verdict already given.
+
+Policy. Who may answer, and how many distinct approvers are needed, come from the approval
+policy block when the gate opens. An answer from anyone else is recorded and ignored and the
+gate waits again; one allowed rejection closes it.
+
+Escalation. Not built on pause timeouts (a timed-out pause fails the run). The scheduled
+`approval-escalation` flow (:func:`escalate_waiting_gates`) notifies the next tier when a
+tier's wait passes and, after the last, answers the gate itself with `expired`, a value the
+Resume form's schema does not offer to people; the run then ends, unchanged, in the state
+`AwaitingHumanDecision`.
+
+Records. Each request, answer, ignored answer and escalation is a Prefect event on the
+resource `sevflow.incident.<id>` and a durable timeline record on the run.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import suspend_flow_run
+from prefect.input import RunInput
+from prefect.states import Scheduled
+from pydantic import Field
+
+from sevflow.errors import ApprovalError, ConfigurationError
+from sevflow.models import (
+    AnswerVerdict,
+    GateAnswer,
+    GateOutcome,
+    GateRequest,
+    GateResult,
+    IncidentContext,
+    ProposedChange,
+    TimelineEntry,
+    utcnow,
+)
+from sevflow.policy import (
+    EscalationTier,
+    GateRequirement,
+    GateTally,
+    PolicyError,
+    escalation_step,
+)
+from sevflow.tasks import notify
+from sevflow.tasks.common import step
+from sevflow.tasks.orchestrator import (
+    RECORD_PREFIX,
+    emit_incident_event,
+    read_record,
+    read_records,
+    record_timeline,
+    write_record,
+)
+
+EXPIRED_BY = "sevflow escalation"
+_GATE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+class ApprovalInput(RunInput):
+    """The Resume form. `decision` has no default: the approver must choose."""
+
+    decision: Literal["approve", "reject", "expired"] = Field(
+        title="Decision",
+        description="Approve to make the change above; reject to leave production as it is.",
+        # People are offered approve and reject only; the server validates resumes against
+        # this schema, so `expired` can be given only by the escalation watcher.
+        json_schema_extra={"enum": ["approve", "reject"]},
+    )
+    approver: str = Field(title="Your name", min_length=1, description="As the approval policy lists you.")
+    reason: str = Field(title="Reason", min_length=1, description="Why: recorded in the timeline and post-mortem.")
+
+
+def request_key(gate: str) -> str:
+    return f"sevflow-gate-{gate}-request"
+
+
+def answer_key(gate: str, n: int) -> str:
+    return f"{gate}-answer-{n}"
+
+
+def gate_of_pause_key(pause_key: str | None) -> str | None:
+    if not pause_key or "-answer-" not in pause_key:
+        return None
+    return pause_key.rsplit("-answer-", 1)[0]
+
+
+# --- steps (persisted per run, so each happens once however often the body replays) -------
+
+
+@step("ask for approval")
+def open_gate(incident: IncidentContext, gate: str, change: ProposedChange, policy_name: str) -> GateRequest:
+    """Resolve who may approve from the policy, store the request with the run, tell the
+    first escalation tier, and emit `sevflow.approval.requested`."""
+    from sevflow.blocks.policy import ApprovalPolicy
+
+    try:
+        policy = ApprovalPolicy.load(policy_name)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"No sevflow Approval Policy block named {policy_name!r}: create one (Prefect UI, Blocks) "
+            "or start `sevflow up` once to create the default."
+        ) from exc
+    try:
+        requirement = policy.requirement(change.kind, incident.severity)
+    except PolicyError as exc:
+        raise ConfigurationError(str(exc)) from exc
+
+    request = GateRequest(
+        gate=gate,
+        incident=incident,
+        change=change,
+        approvers=requirement.approvers,
+        required_approvals=requirement.required_approvals,
+        tiers=[t.model_dump(mode="json") for t in requirement.tiers],
+        opened_at=utcnow(),
+    )
+    write_record(incident.flow_run_id, request_key(gate), request.model_dump(mode="json"))
+    record_timeline(
+        incident,
+        f"{gate}-00-request",
+        TimelineEntry(
+            at=request.opened_at,
+            source="sevflow",
+            kind="approval",
+            description=f"Approval requested: {change.title} (needs {requirement.required_approvals} of "
+            f"{', '.join(requirement.approvers)})",
+            details={"gate": gate, "milestone": "Investigation started"},
+        ),
+    )
+    emit_incident_event(
+        incident,
+        "sevflow.approval.requested",
+        {"gate": gate, "change": change.model_dump(mode="json"), "approvers": requirement.approvers,
+         "required_approvals": requirement.required_approvals},
+    )
+    if requirement.tiers:
+        _notify_tier(request, 0, escalated=False)
+    get_run_logger().info(
+        "Waiting for approval of %r from %s. Answer in the UI (Resume) or: sevflow approve %s --as NAME --reason TEXT",
+        change.title, ", ".join(requirement.approvers), incident.flow_run_id,
+    )
+    return request
+
+
+@step("record the answer")
+def record_answer(request: GateRequest, n: int, answer: GateAnswer, tally: GateTally) -> tuple[AnswerVerdict, str, GateTally]:
+    """Judge one answer against the policy, record it on the timeline and as an event."""
+    from sevflow.policy import judge
+
+    requirement = GateRequirement(
+        kind=request.change.kind,
+        severity=request.incident.severity,
+        approvers=request.approvers,
+        required_approvals=request.required_approvals,
+        tiers=[EscalationTier.model_validate(t) for t in request.tiers],
+    )
+    tally = tally.model_copy(deep=True)
+    verdict, sentence = judge(answer, requirement, tally)
+    incident = request.incident
+    record_timeline(
+        incident,
+        f"{request.gate}-{n:02d}-answer",
+        TimelineEntry(
+            at=answer.received_at,
+            source="approver" if verdict is not AnswerVerdict.EXPIRED else "sevflow",
+            kind="approval",
+            description=sentence,
+            actor=answer.approver,
+            details={"gate": request.gate, "decision": answer.decision, "verdict": verdict.value,
+                     "reason": answer.reason},
+        ),
+    )
+    event = {
+        AnswerVerdict.COUNTED: "sevflow.approval.approved",
+        AnswerVerdict.REJECTED: "sevflow.approval.rejected",
+        AnswerVerdict.IGNORED: "sevflow.approval.ignored",
+        AnswerVerdict.EXPIRED: "sevflow.approval.expired",
+    }[verdict]
+    emit_incident_event(
+        incident,
+        event,
+        {"gate": request.gate, "answer": n, "decision": answer.decision, "approver": answer.approver,
+         "reason": answer.reason, "verdict": verdict.value, "sentence": sentence},
+    )
+    logger = get_run_logger()
+    (logger.warning if verdict is AnswerVerdict.IGNORED else logger.info)(sentence)
+    return verdict, sentence, tally
+
+
+# --- the gate, called from flow bodies ---------------------------------------------------
+
+
+def require_approval(
+    incident: IncidentContext, change: ProposedChange, *, gate: str, policy: str = "default"
+) -> GateResult:
+    """Wait until the change is approved, rejected or expired. Returns how it ended.
+
+    Call from a flow body. Suspends the run (freeing its worker) until answered.
+    """
+    if not _GATE_NAME.match(gate):
+        raise ValueError(f"gate name {gate!r}: lowercase letters, digits and dashes only")
+    request = open_gate(incident, gate, change, policy)
+    tally = GateTally()
+    answers: list[tuple[GateAnswer, AnswerVerdict, str]] = []
+    n = 0
+    while tally.outcome is None:
+        n += 1
+        form = ApprovalInput.with_initial_data(description=_form_description(request, tally, answers))
+        given = suspend_flow_run(wait_for_input=form, key=answer_key(gate, n))
+        answer = GateAnswer(
+            decision=given.decision,
+            approver=given.approver,
+            reason=given.reason,
+            received_at=_answered_at(incident.flow_run_id, answer_key(gate, n)),
+        )
+        verdict, sentence, tally = record_answer(request, n, answer, tally)
+        answers.append((answer, verdict, sentence))
+    return GateResult(gate=gate, outcome=tally.outcome, approvers=tally.approvals, answers=answers)
+
+
+def _answered_at(flow_run_id: str, key: str) -> datetime:
+    # The stored input's creation time is when the answer was given, the same on every replay.
+    with get_client(sync_client=True) as client:
+        found = client.filter_flow_run_input(
+            flow_run_id=UUID(flow_run_id), key_prefix=f"suspended-{key}-response", limit=1, exclude_keys=set()
+        )
+    created = getattr(found[0], "created", None) if found else None
+    return created or utcnow()
+
+
+def _form_description(request: GateRequest, tally: GateTally, answers: list[tuple[GateAnswer, AnswerVerdict, str]]) -> str:
+    lines = [
+        f"**Incident {request.incident.incident_id}** · {request.incident.severity.value} · "
+        f"service `{request.incident.service}` · procedure `{request.incident.procedure}`",
+        "",
+        request.change.describe(),
+        "",
+        f"**Who may answer:** {', '.join(request.approvers)}  ",
+        f"**Approvals needed:** {request.required_approvals} distinct",
+    ]
+    if answers:
+        lines += ["", "**Answers so far:**"] + [f"- {a.approver}: {a.decision} → {s}" for a, v, s in answers]
+    if tally.approvals:
+        lines += ["", f"**Approved so far by:** {', '.join(tally.approvals)}"]
+    return "\n".join(lines)
+
+
+# --- escalation watcher ----------------------------------------------------------------
+
+
+def _notify_tier(request: GateRequest, index: int, *, escalated: bool) -> None:
+    tier = EscalationTier.model_validate(request.tiers[index])
+    incident = request.incident
+    entry = TimelineEntry(
+        at=utcnow(),
+        source="sevflow",
+        kind="escalation",
+        description=(f"Escalated to {tier.name}" if escalated else f"Notified {tier.name}")
+        + (f" ({', '.join(tier.notify)})" if tier.notify else ""),
+        details={"gate": request.gate, "tier": index},
+    )
+    if tier.notification_block:
+        subject, body = notify.approval_message(request, tier.name, escalated)
+        try:
+            notify.send(tier.notification_block, subject, body)
+        except Exception as exc:  # noqa: BLE001 - a failed page must not close the gate
+            # The gate stays open and is listed by `sevflow pending`; the failure is
+            # recorded where the incident commander will read it.
+            entry.description += f"; NOTIFICATION FAILED via {tier.notification_block}: {type(exc).__name__}"
+            get_run_logger().error("Notifying %s failed: %s", tier.notification_block, exc)
+    else:
+        entry.description += " (no notification block configured for this tier)"
+    record_timeline(incident, f"{request.gate}-escalation-{index}", entry)
+    if escalated:
+        emit_incident_event(
+            incident, "sevflow.approval.escalated",
+            {"gate": request.gate, "tier": index, "tier_name": tier.name, "notify": tier.notify},
+        )
+
+
+WaitingGate = tuple[Any, GateRequest]
+
+
+def waiting_gates() -> list[WaitingGate]:
+    """Every sevflow run suspended at a gate, with its stored request."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])),
+                tags=FlowRunFilterTags(all_=["sevflow"]),
+            ),
+            limit=200,
+        )
+    found: list[WaitingGate] = []
+    for run in runs:
+        if run.state is None or run.state.type != StateType.PAUSED:
+            continue
+        gate = gate_of_pause_key(run.state.state_details.pause_key)
+        if gate is None:
+            continue
+        stored = read_record(run.id, request_key(gate))
+        if stored:
+            found.append((run, GateRequest.model_validate(stored)))
+    return found
+
+
+@task(name="escalate a waiting gate", cache_policy=NO_CACHE)
+def escalate_gate(run: Any, request: GateRequest, now: datetime) -> str | None:
+    """Notify the next tier if its time has come, or expire the gate after the last."""
+    tiers = [EscalationTier.model_validate(t) for t in request.tiers]
+    records = read_records(run.id, f"{RECORD_PREFIX}{request.gate}-escalation-")
+    # Tier 0 was told when the gate opened; each tier told leaves one record.
+    due = escalation_step(tiers, request.opened_at, now, len(records))
+    if due is None:
+        return None
+    if due < len(tiers):
+        _notify_tier(request, due, escalated=True)
+        return f"escalated to tier {due}"
+    return _expire(run, request)
+
+
+def _expire(run: Any, request: GateRequest) -> str | None:
+    # Written once: a second watcher finds the key taken and stops here.
+    if not write_record(run.id, f"sevflow-gate-{request.gate}-expired", {"at": utcnow().isoformat()}):
+        return None
+    keyset = run.state.state_details.run_input_keyset
+    if not keyset:
+        raise ApprovalError(f"Run {run.id} is paused without an input form; cannot expire its gate.")
+    waited = (utcnow() - request.opened_at).total_seconds()
+    write_record(
+        run.id,
+        keyset["response"],
+        {
+            "decision": "expired",
+            "approver": EXPIRED_BY,
+            "reason": f"No decision after {len(request.tiers)} escalation tier(s) and {waited:.0f}s: "
+            "documented and waiting on a human decision.",
+        },
+    )
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run.id, Scheduled(name="Resuming"), force=True)
+    return "expired"
+
+
+def escalate_waiting_gates(now: datetime | None = None) -> dict[str, str]:
+    """One pass of the watcher over every waiting gate. Returns what it did, by run id."""
+    now = now or utcnow()
+    done: dict[str, str] = {}
+    for run, request in waiting_gates():
+        outcome = escalate_gate(run, request, now)
+        if outcome:
+            done[str(run.id)] = outcome
+    return done
+
+
+# --- answering, for the CLI --------------------------------------------------------------
+
+
+class AnswerRefused(ApprovalError):
+    """The server or the policy refused the answer."""
+
+
+def answer_gate(flow_run_id: str, decision: Literal["approve", "reject"], approver: str, reason: str,
+                wait_seconds: float = 15.0) -> str:
+    """Resume the run with an answer and wait for the gate's verdict on it.
+
+    Raises AnswerRefused with the server's reason when the resume is refused (Prefect
+    answers HTTP 200 with status REJECT/ABORT), or with the policy's sentence when the run
+    recorded the answer as ignored.
+    """
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(UUID(flow_run_id))
+        except Exception as exc:
+            raise AnswerRefused(f"No flow run {flow_run_id}: {exc}") from exc
+        if run.state is None or run.state.type != StateType.PAUSED:
+            raise AnswerRefused(
+                f"Run {flow_run_id} is not waiting at a gate (state: {run.state.name if run.state else 'none'})."
+            )
+        gate = gate_of_pause_key(run.state.state_details.pause_key)
+        response = client.request(
+            "POST", "/flow_runs/{id}/resume", path_params={"id": flow_run_id},
+            json={"run_input": {"decision": decision, "approver": approver, "reason": reason}},
+        )
+    body = response.json()
+    if body.get("status") != "ACCEPT":
+        details = body.get("details") or {}
+        raise AnswerRefused(f"The server refused the answer ({body.get('status')}): {details.get('reason', details)}")
+    if gate is None:
+        return "accepted"
+    n = int(run.state.state_details.pause_key.rsplit("-", 1)[1])
+    deadline = time.monotonic() + wait_seconds
+    key = f"{RECORD_PREFIX}{gate}-{n:02d}-answer"
+    while time.monotonic() < deadline:
+        stored = read_record(flow_run_id, key)
+        if stored:
+            entry = TimelineEntry.model_validate(stored)
+            if entry.details.get("verdict") == AnswerVerdict.IGNORED.value:
+                raise AnswerRefused(entry.description)
+            return entry.description
+        time.sleep(0.25)
+    return "answer delivered; the run has not judged it yet (is a worker running? see `sevflow pending`)"
+
+

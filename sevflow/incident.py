@@ -1,0 +1,166 @@
+"""The incident a run works on: opening it (id, tags, first timeline line) and closing it
+with its paperwork (timeline table, post-mortem, checklists) published as run artifacts.
+
+The timeline is built from what Prefect recorded for the run: its durable sevflow records
+(approval requests, answers, escalations), its task runs (each runbook step, when it ended,
+how) and its state changes (suspended at a gate, resumed).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import StateType
+from prefect.context import get_run_context
+
+from sevflow import records
+from sevflow.models import IncidentContext, Severity, TimelineEntry, utcnow
+from sevflow.tasks.common import step
+from sevflow.tasks.orchestrator import (
+    add_run_tags,
+    emit_incident_event,
+    record_timeline,
+    run_url,
+    timeline_records,
+)
+
+# Runbook milestones reached when a step of this name completes.
+STEP_MILESTONES = {
+    "git checkout <commit-hash>": "Fix deployed",
+    "git checkout <commit> -- <config file>": "Fix deployed",
+}
+
+
+def incident_id_for(flow_run_id: str, started: datetime) -> str:
+    return f"inc-{started:%Y%m%d}-{flow_run_id[:8]}"
+
+
+@step("open the incident")
+def open_incident(procedure: str, service: str, severity: Severity, incident_id: str | None, reason: str) -> IncidentContext:
+    """Name the incident, tag the run `incident:<id>`, `sev:<n>`, `service:<name>`, and
+    write the timeline's first line and the `sevflow.incident.opened` event."""
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(get_run_context().task_run.flow_run_id)  # type: ignore[union-attr]
+    started = flow_run.start_time or flow_run.expected_start_time or utcnow()
+    incident = IncidentContext(
+        incident_id=incident_id or incident_id_for(str(flow_run.id), started),
+        procedure=procedure,
+        service=service,
+        severity=severity,
+        flow_run_id=str(flow_run.id),
+        flow_run_name=flow_run.name,
+        run_url=run_url(flow_run.id),
+        opened_at=started,
+        reason=reason,
+    )
+    add_run_tags(flow_run.id, incident.tags)
+    record_timeline(
+        incident,
+        "000-opened",
+        TimelineEntry(
+            at=started,
+            source="sevflow",
+            kind="note",
+            description=f"{procedure} started for {service} at {severity.value}"
+            + (f": {reason}" if reason else ""),
+            details={"milestone": "Investigation started"},
+        ),
+    )
+    emit_incident_event(incident, "sevflow.incident.opened", {"procedure": procedure, "reason": reason})
+    get_run_logger().info("Incident %s (%s, %s). Run: %s", incident.incident_id, service,
+                          severity.value, incident.run_url or incident.flow_run_id)
+    return incident
+
+
+def run_timeline(incident: IncidentContext) -> list[TimelineEntry]:
+    """The run's timeline from Prefect's records, oldest first."""
+    entries = list(timeline_records(incident.flow_run_id))
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(incident.flow_run_id)])), limit=200
+        )
+        states = client.read_flow_run_states(UUID(incident.flow_run_id))
+    for tr in task_runs:
+        state = tr.state
+        # A replayed step is a task run in state Cached: the work happened once, earlier.
+        if state is None or state.name == "Cached" or tr.end_time is None:
+            continue
+        base = _step_name(tr.name)
+        if base in {"open the incident", "publish timeline and post-mortem", "record the answer", "ask for approval"}:
+            continue
+        details: dict[str, str] = {}
+        if base in STEP_MILESTONES and state.type == StateType.COMPLETED:
+            details["milestone"] = STEP_MILESTONES[base]
+        entries.append(TimelineEntry(
+            at=tr.end_time, source="prefect", kind="step",
+            description=f"Step '{base}' {state.name.lower()}" + (f": {state.message}" if state.message and state.type != StateType.COMPLETED else ""),
+            details=details,
+        ))
+    for st in states:
+        if st.name in {"Suspended", "Resuming"}:
+            entries.append(TimelineEntry(
+                at=st.timestamp, source="prefect", kind="state",
+                description="Run suspended at an approval gate (no worker held)" if st.name == "Suspended"
+                else "Run resumed after an answer",
+            ))
+    return sorted(entries, key=lambda e: e.at)
+
+
+@step("publish timeline and post-mortem")
+def publish_records(
+    incident: IncidentContext,
+    outcome: str,
+    resolution: list[str],
+    proven: list[str],
+    impact: str | None = None,
+) -> str:
+    """Publish the run's timeline (table), post-mortem (markdown, the runbook's template) and
+    post-incident checklists as artifacts on the run. Returns the post-mortem markdown."""
+    ended = utcnow()
+    timeline = run_timeline(incident)
+    timeline.append(TimelineEntry(at=ended, source="sevflow", kind="note",
+                                  description=f"Procedure ended: {outcome}",
+                                  details={"milestone": "Resolved"} if outcome == "resolved" else {}))
+    facts = records.PostmortemFacts(
+        incident_id=incident.incident_id,
+        procedure=incident.procedure,
+        service=incident.service,
+        severity=incident.severity,
+        started_at=incident.opened_at,
+        ended_at=ended,
+        outcome=outcome,
+        impact=impact or (incident.reason or None),
+        timeline=timeline,
+        resolution=resolution,
+        run_url=incident.run_url,
+        response_at=next((e.at for e in timeline if e.kind == "approval" and e.source == "approver"), None),
+    )
+    key = _artifact_key(incident.incident_id)
+    create_table_artifact(
+        key=f"{key}-timeline", table=records.timeline_table(timeline),
+        description=f"Timeline of incident {incident.incident_id} ({incident.procedure})",
+    )
+    postmortem = records.render_postmortem(facts)
+    create_markdown_artifact(key=f"{key}-postmortem", markdown=postmortem,
+                             description=f"Post-mortem of incident {incident.incident_id}")
+    create_markdown_artifact(key=f"{key}-checklists",
+                             markdown=records.render_checklists(facts, set(proven) | {"Incident documented", "Timeline created"}),
+                             description=f"Post-incident checklists of incident {incident.incident_id}")
+    emit_incident_event(incident, "sevflow.incident.documented", {"outcome": outcome})
+    return postmortem
+
+
+def _artifact_key(incident_id: str) -> str:
+    cleaned = "".join(c if c.isalnum() else "-" for c in incident_id.lower()).strip("-")
+    return cleaned or "incident"
+
+
+def _step_name(task_run_name: str) -> str:
+    # Prefect names task runs `<task name>-<3 hex digits>`.
+    head, _, tail = task_run_name.rpartition("-")
+    return head if head and len(tail) == 3 and all(c in "0123456789abcdef" for c in tail) else task_run_name

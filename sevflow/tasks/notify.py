@@ -1,0 +1,60 @@
+"""Telling people: approvers when a gate opens and at each escalation.
+
+Through Prefect notification blocks (a custom webhook, Slack, PagerDuty, email...), named in
+the approval policy's escalation tiers as `block-type-slug/name`. Their secrets stay in the
+blocks; sevflow only hands them a subject and a body.
+"""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from prefect.blocks.abstract import NotificationBlock
+from prefect.logging import get_logger
+
+from sevflow.errors import ConfigurationError
+from sevflow.models import GateRequest
+
+log = get_logger("sevflow.notify")
+
+
+def approval_message(request: GateRequest, tier_name: str, escalated: bool) -> tuple[str, str]:
+    """Subject and body of an approval request: what, where, who may answer, how."""
+    incident = request.incident
+    run = incident.flow_run_id
+    verb = "ESCALATED: approval still needed" if escalated else "Approval needed"
+    subject = (
+        f"[{incident.severity.value}] {verb}: {request.change.title} "
+        f"({incident.service}, incident {incident.incident_id})"
+    )
+    lines = [
+        subject,
+        "",
+        f"Tier: {tier_name}",
+        f"Procedure: {incident.procedure}",
+        f"Change: {request.change.title}",
+        f"Where: {request.change.target}",
+        f"Undo: {request.change.undo}",
+        f"Who may answer: {', '.join(request.approvers)} "
+        f"({request.required_approvals} distinct approval(s) needed)",
+        "",
+        f"Open the run: {incident.run_url or f'flow run {run}'}",
+        f"Approve: sevflow approve {run} --as NAME --reason TEXT",
+        f"Reject:  sevflow reject {run} --as NAME --reason TEXT",
+    ]
+    return subject, "\n".join(lines)
+
+
+def send(block_slug: str, subject: str, body: str) -> None:
+    """Send through the notification block `block-type-slug/name`."""
+    try:
+        block = Block.load(block_slug)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"Notification block {block_slug!r} not found: create it in the Prefect UI "
+            "(Blocks) or fix the name in the sevflow Approval Policy's escalation tiers."
+        ) from exc
+    if not isinstance(block, NotificationBlock):
+        raise ConfigurationError(f"Block {block_slug!r} is not a notification block.")
+    # Secret values live in the block; the logged line names only the block.
+    log.info("Notifying %s: %s", block_slug, subject)
+    block.notify(body=body, subject=subject)

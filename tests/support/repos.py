@@ -1,0 +1,94 @@
+"""A service's git repository, made for real in a temporary folder."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True,
+        env={"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1", "PATH": "/usr/bin:/bin",
+             "HOME": str(repo)},
+    ).stdout.strip()
+
+
+@dataclass
+class ServiceRepo:
+    path: Path
+    deploy_dir: Path
+    commits: dict[str, str] = field(default_factory=dict)
+
+    def commit(self, label: str, files: dict[str, str], message: str, tag: str | None = None) -> str:
+        for name, content in files.items():
+            target = self.path / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+        git(self.path, "add", "-A")
+        git(self.path, "commit", "-q", "-m", message)
+        sha = git(self.path, "rev-parse", "HEAD")
+        if tag:
+            git(self.path, "tag", tag)
+        self.commits[label] = sha
+        return sha
+
+    def head(self) -> str:
+        return git(self.path, "rev-parse", "HEAD")
+
+    def log(self) -> list[str]:
+        return git(self.path, "log", "--format=%H", "main").split()
+
+    def status(self) -> str:
+        return git(self.path, "status", "--porcelain", "--ignored")
+
+    def snapshot(self) -> dict[str, object]:
+        """Everything a rollback could change: refs, commits, index and working tree."""
+        files = {
+            str(p.relative_to(self.path)): p.read_bytes()
+            for p in sorted(self.path.rglob("*")) if p.is_file() and ".git" not in p.relative_to(self.path).parts
+        }
+        return {
+            "refs": git(self.path, "show-ref"),
+            "head": git(self.path, "rev-parse", "HEAD"),
+            "status": self.status(),
+            "files": files,
+            "deployed": (self.deploy_dir / "current").read_bytes() if (self.deploy_dir / "current").exists() else None,
+            "deploys": (self.deploy_dir / "deploys.log").read_bytes() if (self.deploy_dir / "deploys.log").exists() else None,
+        }
+
+
+def make_service_repo(root: Path) -> ServiceRepo:
+    """v1 (healthy, tagged good-v1) → v2 (healthy, tagged good-v2) → v3 (broken, running).
+
+    config/app.env changes in v2 (good) and v3 (bad)."""
+    path = root / "shop"
+    deploy_dir = root / "deployed"
+    path.mkdir()
+    deploy_dir.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.name", "Release Bot")
+    git(path, "config", "user.email", "release@example.invalid")
+    repo = ServiceRepo(path, deploy_dir)
+    repo.commit("v1", {"app.txt": "version 1 healthy\n", ".gitignore": "build/\n",
+                       "config/app.env": "POOL_SIZE=10\n"}, "Release v1", tag="good-v1")
+    repo.commit("v2", {"app.txt": "version 2 healthy\n", "config/app.env": "POOL_SIZE=20\n"}, "Release v2",
+                tag="good-v2")
+    repo.commit("v3", {"app.txt": "version 3 unhealthy\n", "feature.txt": "new feature\n",
+                       "config/app.env": "POOL_SIZE=0\n"}, "Release v3: new feature")
+    # What production runs now: v3, deployed.
+    (deploy_dir / "current").write_text("version 3 unhealthy\n")
+    return repo
+
+
+BUILD = "mkdir -p build && cp app.txt build/app.txt && cp config/app.env build/app.env"
+
+
+def deploy_command(deploy_dir: Path) -> str:
+    return (f"cp build/app.txt {deploy_dir}/current && git rev-parse HEAD >> {deploy_dir}/deploys.log "
+            f"&& echo deployed with token=$DEPLOY_TOKEN")
+
+
+def reload_command(deploy_dir: Path) -> str:
+    return f"cp config/app.env {deploy_dir}/app.env && echo reloaded >> {deploy_dir}/reloads.log"

@@ -1,0 +1,98 @@
+"""Local HTTP services: the production app's health check and a webhook receiver."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+
+class _Server:
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.owner = self  # type: ignore[attr-defined]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class HealthApp(_Server):
+    """The production app: healthy when the deployed build says `healthy` and its
+    reloaded configuration (`deploy_dir/app.env`, if any) has a non-zero POOL_SIZE.
+
+    Deploying = copying the build into `deploy_dir/current`; each deploy appends the commit
+    to `deploy_dir/deploys.log`, so tests can count deploys.
+    """
+
+    def __init__(self, deploy_dir: Path) -> None:
+        self.deploy_dir = deploy_dir
+        self.requests: list[dict[str, str]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                app: HealthApp = self.server.owner  # type: ignore[attr-defined]
+                app.requests.append(dict(self.headers))
+                current = app.deploy_dir / "current"
+                text = current.read_text() if current.exists() else ""
+                env = app.deploy_dir / "app.env"
+                pool_ok = not env.exists() or "POOL_SIZE=0" not in env.read_text()
+                healthy = "healthy" in text and "unhealthy" not in text and pool_ok
+                body = json.dumps({"status": "ok" if healthy else "down", "deployed": text.strip()}).encode()
+                self.send_response(200 if healthy else 503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(Handler)
+
+    @property
+    def health_url(self) -> str:
+        return f"{self.url}/api/health"
+
+    def deployed(self) -> str:
+        current = self.deploy_dir / "current"
+        return current.read_text().strip() if current.exists() else ""
+
+    def deploys(self) -> list[str]:
+        log = self.deploy_dir / "deploys.log"
+        return log.read_text().split() if log.exists() else []
+
+
+class WebhookReceiver(_Server):
+    """A notification receiver: records every request it gets."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                receiver: WebhookReceiver = self.server.owner  # type: ignore[attr-defined]
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw or b"{}")
+                except json.JSONDecodeError:
+                    body = {"raw": raw.decode(errors="replace")}
+                receiver.received.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(Handler)

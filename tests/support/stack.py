@@ -1,0 +1,126 @@
+"""A real Prefect server (on PostgreSQL) and real sevflow worker processes for the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+
+PG_DSN = os.environ.get("SEVFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrefectServer:
+    """`prefect server start` on a fresh PostgreSQL database, loopback only, analytics off."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.database = f"sevflow_test_{uuid.uuid4().hex[:10]}"
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_URL": self.api_url[: -len("/api")],
+            "PREFECT_LOGGING_LEVEL": "INFO",
+            "PREFECT_LOCAL_STORAGE_PATH": str(self.home / "storage"),
+        }
+
+    def start(self) -> None:
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.database}"')
+        env = dict(os.environ) | self.env()
+        env.pop("PREFECT_API_URL")
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = PG_DSN.replace("postgresql://", "postgresql+asyncpg://").rsplit(
+            "/", 1)[0] + f"/{self.database}"
+        self.log = (self.home / "server.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"prefect server exited: see {self.home / 'server.log'}")
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError("prefect server did not become healthy")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+
+class Worker:
+    """`sevflow serve` in its own process group, as on an operator's host."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, limit: int = 20) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.limit = limit
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sevflow", "serve", "--limit", str(self.limit), "--poll", "0.5",
+             "--escalation-interval", "0"],
+            env=dict(os.environ) | self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, api_url: str, timeout: float = 120.0) -> None:
+        """Until every sevflow deployment is registered by this worker."""
+        deadline = time.monotonic() + timeout
+        names = ("application-rollback", "configuration-rollback", "approval-escalation")
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sevflow serve exited: see {self.log_path}")
+            if all(httpx.get(f"{api_url}/deployments/name/{n}/sevflow", timeout=5).status_code == 200 for n in names):
+                return
+            time.sleep(0.3)
+        raise RuntimeError(f"sevflow serve did not register its deployments: see {self.log_path}")
+
+    def kill_9(self) -> None:
+        """kill -9 the worker and everything it started, as a crashed host would."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
