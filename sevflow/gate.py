@@ -331,8 +331,12 @@ def waiting_gates() -> list[WaitingGate]:
 
 
 @task(name="escalate a waiting gate", cache_policy=NO_CACHE)
-def escalate_gate(run: Any, request: GateRequest, now: datetime) -> str | None:
+def escalate_gate(flow_run_id: str, request: GateRequest, now: datetime) -> str | None:
     """Notify the next tier if its time has come, or expire the gate after the last."""
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(flow_run_id))
+    if run.state is None or run.state.type != StateType.PAUSED:
+        return None  # answered meanwhile
     tiers = [EscalationTier.model_validate(t) for t in request.tiers]
     records = read_records(run.id, f"{RECORD_PREFIX}{request.gate}-escalation-")
     # Tier 0 was told when the gate opened; each tier told leaves one record.
@@ -373,7 +377,7 @@ def escalate_waiting_gates(now: datetime | None = None) -> dict[str, str]:
     now = now or utcnow()
     done: dict[str, str] = {}
     for run, request in waiting_gates():
-        outcome = escalate_gate(run, request, now)
+        outcome = escalate_gate(str(run.id), request, now)
         if outcome:
             done[str(run.id)] = outcome
     return done

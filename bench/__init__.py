@@ -1,0 +1,1 @@
+"""On-demand measurements of sevflow; never part of the test suite (see approval_latency.py)."""

@@ -1,0 +1,131 @@
+"""The approval gate's guarantees, against a real Prefect server and worker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from sevflow.flows.approval_escalation import approval_escalation
+from sevflow.gate import answer_gate
+from tests.conftest import Service, start, wait_final, wait_paused
+
+
+def _events(resource_id: str, prefix: str = "sevflow.") -> list[dict]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        response = client.request("POST", "/events/filter", json={
+            "filter": {"resource": {"id": [resource_id]}, "event": {"prefix": [prefix]}, "order": "ASC"},
+            "limit": 50,
+        })
+    return response.json()["events"]
+
+
+def _wait_events(resource_id: str, names: set[str], timeout: float = 30) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        events = _events(resource_id)
+        if names <= {e["event"] for e in events} or time.monotonic() > deadline:
+            return events
+        time.sleep(0.3)
+
+
+def test_unanswered_gate_escalates_through_tiers_then_ends_waiting_on_a_human(service: Service, worker) -> None:
+    service.save_policy(tiers=[0.3, 0.3])
+    before = service.repo.snapshot()
+    run_id = start("application-rollback", service=service.name, severity="SEV-1", policy=service.policy)
+    run = wait_paused(run_id)
+
+    # Tier 0 was told when the gate opened, with the run's link and the CLI command.
+    first = service.receiver.received
+    assert len(first) == 1
+    body = first[0]["body"]["body"]
+    assert f"sevflow approve {run_id}" in body and f"/runs/flow-run/{run_id}" in body
+    assert "tier 0" in body and {k.lower(): v for k, v in first[0]["headers"].items()}["authorization"] == "Bearer wh-tok-9e1c3a5d7f"
+
+    # Passes of the watcher before a tier's time do nothing; after it, the next tier is told.
+    deadline = time.monotonic() + 30
+    while len(service.receiver.received) < 2 and time.monotonic() < deadline:
+        approval_escalation()
+        time.sleep(0.1)
+    assert "ESCALATED" in service.receiver.received[1]["body"]["subject"]
+    assert "tier 1" in service.receiver.received[1]["body"]["body"]
+
+    # After the last tier: the watcher answers `expired`; the run ends documented and unchanged.
+    while approval_escalation().get(run_id) != "expired" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    final = wait_final(run_id)
+    assert final.state.name == "AwaitingHumanDecision"
+    assert "Nothing was changed" in final.state.message
+    assert service.repo.snapshot() == before
+    assert len(service.receiver.received) == 2  # nobody told twice
+
+    incident = next(t.split(":", 1)[1] for t in final.tags if t.startswith("incident:"))
+    events = _wait_events(f"sevflow.incident.{incident}",
+                          {"sevflow.approval.requested", "sevflow.approval.escalated", "sevflow.approval.expired"})
+    assert {"sevflow.approval.requested", "sevflow.approval.escalated", "sevflow.approval.expired"} <= {
+        e["event"] for e in events}
+    assert all(any(r["prefect.resource.id"] == f"prefect.flow-run.{run_id}" for r in e["related"]) for e in events)
+
+
+def test_people_cannot_answer_expired_through_the_resume_form(service: Service, worker) -> None:
+    from prefect.client.orchestration import get_client
+
+    run_id = start("application-rollback", service=service.name, policy=service.policy)
+    wait_paused(run_id)
+    with get_client(sync_client=True) as client:
+        response = client.request("POST", "/flow_runs/{id}/resume", path_params={"id": run_id},
+                                  json={"run_input": {"decision": "expired", "approver": "alice", "reason": "x"}})
+    assert response.status_code == 200 and response.json()["status"] == "REJECT"
+    wait_paused(run_id, gate_answer=1)
+    answer_gate(run_id, "reject", "alice", "cleanup")
+    assert wait_final(run_id).state.name == "Rejected"
+
+
+def test_kill_9_of_the_worker_while_a_gate_waits(service: Service, worker) -> None:
+    """Answer while no worker runs; a new worker completes the run; each side effect once."""
+    repo = service.repo
+    run_id = start("application-rollback", service=service.name, policy=service.policy)
+    wait_paused(run_id)
+    worker.kill_9()
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            response = client.request("POST", "/flow_runs/{id}/resume", path_params={"id": run_id},
+                                      json={"run_input": {"decision": "approve", "approver": "alice", "reason": "go"}})
+        assert response.json()["status"] == "ACCEPT"
+    finally:
+        worker.start()
+        worker.wait_ready(worker.env["PREFECT_API_URL"])
+    final = wait_final(run_id)
+    assert final.state.type.value == "COMPLETED", final.state.message
+    assert (repo.deploy_dir / "deploys.log").read_text().split() == [repo.head()]
+    assert (repo.deploy_dir / "builds.log").read_text().split() == ["build"]
+    assert repo.log()[1] == repo.commits["v3"]  # exactly one rollback commit on top of v3
+
+    from sevflow.tasks.orchestrator import read_records
+
+    records = read_records(run_id)
+    assert sum(1 for k in records if k.endswith("-opened")) == 1
+    assert sum(1 for k in records if k.endswith("-request")) == 1
+
+
+def test_ten_waiting_gates_do_not_delay_an_eleventh(service: Service, worker) -> None:
+    """The worker runs at most 3 flow runs at once; ten runs wait at gates without a slot."""
+    before = service.repo.snapshot()
+    waiting = [start("application-rollback", service=service.name, policy=service.policy,
+                     incident_id=f"wait-{i}-{uuid.uuid4().hex[:6]}") for i in range(10)]
+    for run_id in waiting:
+        wait_paused(run_id, timeout=180)
+    eleventh = start("application-rollback", service=service.name, policy=service.policy)
+    wait_paused(eleventh, timeout=60)
+    answer_gate(eleventh, "approve", "alice", "the eleventh")
+    assert wait_final(eleventh, timeout=60).state.type.value == "COMPLETED"
+    assert service.app.deployed() == "version 2 healthy"
+    for run_id in waiting:
+        answer_gate(run_id, "reject", "bob", "superseded", wait_seconds=0)
+    for run_id in waiting:
+        assert wait_final(run_id, timeout=120).state.name == "Rejected"
+    assert before["refs"] != service.repo.snapshot()["refs"]  # only the eleventh changed anything
+    assert len((service.repo.deploy_dir / "deploys.log").read_text().split()) == 1
