@@ -238,6 +238,40 @@ def stop_group(process: subprocess.Popen[bytes] | None) -> None:
         process.wait()
 
 
+def flow_run_processes(groups: list[int]) -> list[int]:
+    """Pids of live flow-run processes in these process groups (Linux /proc): children Prefect
+    spawned (`--multiprocessing-fork`) or the forkserver forked."""
+    table: dict[int, tuple[int, int, str, bytes]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue  # it exited while we looked
+        state, ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+        table[int(entry)] = (int(ppid), int(pgrp), state, cmdline)
+    found = []
+    for pid, (ppid, pgrp, state, cmdline) in table.items():
+        if pgrp not in groups or state == "Z":
+            continue
+        parent = table.get(ppid, (0, 0, "", b""))[3]
+        if b"--multiprocessing-fork" in cmdline or b"multiprocessing.forkserver" in parent:
+            found.append(pid)
+    return found
+
+
+def settle(groups: list[int], timeout: float = 30.0) -> None:
+    """Wait until no flow-run process is left: a finished run's process still exiting would
+    take CPU from the next run measured, and stopping a server kills it mid-exit."""
+    deadline = time.monotonic() + timeout
+    while (left := flow_run_processes(groups)) and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+    if left:
+        print(f"  note: flow-run processes {left} still running after {timeout:g} s", flush=True)
+
+
 def baseline_run(root: Path, deployment: str) -> Callable[[int], Sample]:
     from prefect.client.orchestration import get_client
 
@@ -454,15 +488,18 @@ def measure(root: Path, runs: int, warmup: int) -> list[Config]:
             Config("fast", "baseline fast", baseline_run(root, "fast")),
             Config("sevflow", "sevflow", sevflow_run(root, policy)),
         ]
+        groups = [p.process.pid for p in (spawn, fast, worker) if p.process is not None]
         # Round-robin, so a drift in the machine's load touches every configuration alike.
         for i in range(-warmup, runs):
             for config in configs:
+                settle(groups)
                 sample = config.run_once(i + warmup)
                 label = "warm-up" if i < 0 else f"run {i + 1}/{runs}"
                 print(f"  {label:<11} {config.title:<15} approval → change {sample.approval_to_change:6.2f} s,"
                       f" whole run {sample.whole:6.2f} s", flush=True)
                 if i >= 0:
                     config.samples.append(sample)
+        settle(groups)
         print("stopping ...", flush=True)
     return configs
 
