@@ -1,0 +1,55 @@
+"""The `sevflow` command line, run as a person runs it, against the session's server."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from tests.conftest import Service, wait_final, wait_paused
+
+
+def sevflow(stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sevflow", *args], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ) | stack.env(), stdin=subprocess.DEVNULL)
+
+
+def test_run_pending_approve_through_the_cli(service: Service, worker, stack) -> None:
+    started = sevflow(stack, "run", "application-rollback", "--param", f"service={service.name}",
+                      "--param", f"policy={service.policy}", "--param", "severity=SEV-2")
+    assert started.returncode == 0, started.stderr
+    run_id = re.search(r"flow run ([0-9a-f-]{36})", started.stdout).group(1)
+    assert f"/runs/flow-run/{run_id}" in started.stdout
+    wait_paused(run_id)
+
+    pending = sevflow(stack, "pending")
+    assert pending.returncode == 0 and run_id[:8] in pending.stdout.replace("\n", "")
+    assert "alice" in pending.stdout and "Roll back" in pending.stdout
+
+    refused = sevflow(stack, "approve", run_id, "--as", "mallory", "--reason", "let me")
+    assert refused.returncode == 1 and "may not approve" in refused.stderr
+    before = service.repo.snapshot()
+    assert service.repo.snapshot() == before
+
+    wait_paused(run_id, gate_answer=2)
+    approved = sevflow(stack, "approve", run_id, "--as", "alice", "--reason", "v2 is good")
+    assert approved.returncode == 0, approved.stderr
+    assert wait_final(run_id).state.type.value == "COMPLETED"
+
+    again = sevflow(stack, "approve", run_id, "--as", "alice", "--reason", "again")
+    assert again.returncode == 1 and "not waiting at a gate" in again.stderr
+
+
+def test_cli_refuses_bad_input_with_clear_messages(stack) -> None:
+    unknown = sevflow(stack, "run", "fix-everything")
+    assert unknown.returncode == 2 and "unknown procedure 'fix-everything'" in unknown.stderr
+    assert "application-rollback" in unknown.stderr
+    missing = sevflow(stack, "run", "application-rollback")
+    assert missing.returncode == 2 and "service=" in missing.stderr
+    extra = sevflow(stack, "run", "application-rollback", "--param", "service=x", "--param", "colour=red")
+    assert extra.returncode == 2 and "no parameter colour" in extra.stderr
+    malformed = sevflow(stack, "run", "application-rollback", "--param", "service")
+    assert malformed.returncode == 2 and "key=value" in malformed.stderr
+    nobody = sevflow(stack, "approve", "00000000-0000-0000-0000-000000000000", "--as", "a", "--reason", "b")
+    assert nobody.returncode == 1 and "No flow run" in nobody.stderr
