@@ -95,7 +95,6 @@ METRICS: list[tuple[str, str]] = [
 
 @dataclass
 class Config:
-    key: str
     title: str
     run_once: Callable[[int], Sample]
     samples: list[Sample] = field(default_factory=list)
@@ -388,6 +387,7 @@ def sevflow_run(root: Path, policy: str) -> Callable[[int], Sample]:
 
 
 def render(configs: list[Config], runs: int, warmup: int) -> str:
+    from bench.baseline import QUERY_SECONDS
     spawn, fast, sev = configs
 
     def values(config: Config, attr: str) -> list[float]:
@@ -409,7 +409,7 @@ def render(configs: list[Config], runs: int, warmup: int) -> str:
             f"{'sevflow÷spawn':^13} | {'sevflow÷fast':^13} | {'fast÷spawn':^13}")
     lines = [
         f"approval latency: {runs} measured run(s) per configuration (+{warmup} warm-up each, not counted), "
-        f"round-robin; Runner query_seconds={0.5}",
+        f"round-robin; every Runner polls each {QUERY_SECONDS:g} s",
         "",
         head,
         "-" * len(head),
@@ -423,6 +423,8 @@ def render(configs: list[Config], runs: int, warmup: int) -> str:
         "",
         "ratios: median ratio / p90 ratio. 'approval → change': baseline = its task's start, "
         "sevflow = the rollback commit on the branch.",
+        "'approval' = the moment POST /flow_runs/{id}/resume is sent; warm-up runs (each serving "
+        "process's first, which also starts the forkserver) are not counted.",
     ]
     return "\n".join(lines)
 
@@ -484,9 +486,9 @@ def measure(root: Path, runs: int, warmup: int) -> list[Config]:
         worker.wait_ready(server.api_url)
 
         configs = [
-            Config("spawn", "baseline spawn", baseline_run(root, "spawn")),
-            Config("fast", "baseline fast", baseline_run(root, "fast")),
-            Config("sevflow", "sevflow", sevflow_run(root, policy)),
+            Config("baseline spawn", baseline_run(root, "spawn")),
+            Config("baseline fast", baseline_run(root, "fast")),
+            Config("sevflow", sevflow_run(root, policy)),
         ]
         groups = [p.process.pid for p in (spawn, fast, worker) if p.process is not None]
         # Round-robin, so a drift in the machine's load touches every configuration alike.

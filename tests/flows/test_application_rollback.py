@@ -54,12 +54,11 @@ def test_approved_rollback_puts_last_good_version_in_place(service: Service, wor
     assert repo.status().strip() == "!! build/"
     # Built, deployed once, and the app is healthy on v2.
     assert service.app.deployed() == "version 2 healthy"
-    assert repo.deploys() == [head] if hasattr(repo, "deploys") else True
     assert (repo.deploy_dir / "deploys.log").read_text().split() == [head]
     assert any(h.get("Authorization") == "Bearer hc-tok-2b8d4e6f0a" for h in service.app.requests)
 
     # Records: a timeline table and a post-mortem in the runbook's template.
-    arts = {a.key: a for a in _artifacts(run_id)}
+    arts = {a.key: a for a in _artifacts(run_id) if a.key}
     timeline = next(a for k, a in arts.items() if k.endswith("-timeline"))
     postmortem = next(a for k, a in arts.items() if k.endswith("-postmortem"))
     assert "Approved by alice" in str(timeline.data) and "git checkout" in str(timeline.data)
