@@ -1,6 +1,6 @@
 """How long after an approval does the change start, with sevflow, against bare Prefect?
 
-    python bench/approval_latency.py [--runs N] [--warmup W] [--keep]
+    python bench/approval_latency.py [--runs N] [--warmup W] [--keep] [--raw]
 
 On demand only (not a test). Everything runs on this machine, loopback only: a Prefect server
 on its own fresh PostgreSQL database (tests.support.stack.PrefectServer, dropped at the end)

@@ -113,7 +113,7 @@ def gate_of_pause_key(pause_key: str | None) -> str | None:
 # --- steps (persisted per run, so each happens once however often the body replays) -------
 
 
-@step("ask for approval")
+@step("ask for approval", timeline=False)
 def open_gate(incident: IncidentContext, gate: str, change: ProposedChange, policy_name: str) -> GateRequest:
     """Resolve who may approve from the policy, store the request with the run, tell the
     first escalation tier, and emit `sevflow.approval.requested`."""
@@ -168,7 +168,7 @@ def open_gate(incident: IncidentContext, gate: str, change: ProposedChange, poli
     return request
 
 
-@step("record the answer")
+@step("record the answer", timeline=False)
 def record_answer(request: GateRequest, n: int, answer: GateAnswer, tally: GateTally) -> tuple[AnswerVerdict, str, GateTally]:
     """Judge one answer against the policy, record it on the timeline and as an event."""
     from sevflow.policy import judge

@@ -14,8 +14,6 @@ from uuid import UUID
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.objects import StateType
 from prefect.context import get_run_context
 
 from sevflow import records
@@ -29,18 +27,11 @@ from sevflow.tasks.orchestrator import (
     timeline_records,
 )
 
-# Runbook milestones reached when a step of this name completes.
-STEP_MILESTONES = {
-    "git checkout <commit-hash>": "Fix deployed",
-    "git checkout <commit> -- <config file>": "Fix deployed",
-}
-
-
 def incident_id_for(flow_run_id: str, started: datetime) -> str:
     return f"inc-{started:%Y%m%d}-{flow_run_id[:8]}"
 
 
-@step("open the incident")
+@step("open the incident", timeline=False)
 def open_incident(procedure: str, service: str, severity: Severity, incident_id: str | None, reason: str) -> IncidentContext:
     """Name the incident, tag the run `incident:<id>`, `sev:<n>`, `service:<name>`, and
     write the timeline's first line and the `sevflow.incident.opened` event."""
@@ -78,29 +69,12 @@ def open_incident(procedure: str, service: str, severity: Severity, incident_id:
 
 
 def run_timeline(incident: IncidentContext) -> list[TimelineEntry]:
-    """The run's timeline from Prefect's records, oldest first."""
+    """The run's timeline from Prefect's records, oldest first: the durable sevflow records
+    (incident opened, each step's end, approval requests, answers, escalations) and the
+    run's state changes (suspended at a gate, resumed)."""
     entries = list(timeline_records(incident.flow_run_id))
     with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(incident.flow_run_id)])), limit=200
-        )
         states = client.read_flow_run_states(UUID(incident.flow_run_id))
-    for tr in task_runs:
-        state = tr.state
-        # A replayed step is a task run in state Cached: the work happened once, earlier.
-        if state is None or state.name == "Cached" or tr.end_time is None:
-            continue
-        base = _step_name(tr.name)
-        if base in {"open the incident", "publish timeline and post-mortem", "record the answer", "ask for approval"}:
-            continue
-        details: dict[str, str] = {}
-        if base in STEP_MILESTONES and state.type == StateType.COMPLETED:
-            details["milestone"] = STEP_MILESTONES[base]
-        entries.append(TimelineEntry(
-            at=tr.end_time, source="prefect", kind="step",
-            description=f"Step '{base}' {state.name.lower()}" + (f": {state.message}" if state.message and state.type != StateType.COMPLETED else ""),
-            details=details,
-        ))
     for st in states:
         if st.name in {"Suspended", "Resuming"}:
             entries.append(TimelineEntry(
@@ -111,7 +85,7 @@ def run_timeline(incident: IncidentContext) -> list[TimelineEntry]:
     return sorted(entries, key=lambda e: e.at)
 
 
-@step("publish timeline and post-mortem")
+@step("publish timeline and post-mortem", timeline=False)
 def publish_records(
     incident: IncidentContext,
     outcome: str,
@@ -158,9 +132,3 @@ def publish_records(
 def _artifact_key(incident_id: str) -> str:
     cleaned = "".join(c if c.isalnum() else "-" for c in incident_id.lower()).strip("-")
     return cleaned or "incident"
-
-
-def _step_name(task_run_name: str) -> str:
-    # Prefect names task runs `<task name>-<3 hex digits>`.
-    head, _, tail = task_run_name.rpartition("-")
-    return head if head and len(tail) == 3 and all(c in "0123456789abcdef" for c in tail) else task_run_name

@@ -29,6 +29,11 @@ class _ForkserverShim:
     def __init__(self, preload: list[str]) -> None:
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(preload)
+        # Start it now, not at the first run: the first approval after a worker restart
+        # should not pay for the imports.
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
     def get_context(self, method: str | None = None) -> Any:
         return self._ctx

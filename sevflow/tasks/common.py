@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
+import hashlib
+
 import httpx
 from prefect import Task, task
 from prefect.blocks.core import Block
@@ -69,25 +71,58 @@ def _retry_on_transient(task: Task[..., Any], task_run: Any, state: Any) -> bool
     return False
 
 
+def _timeline_hook(milestone: str | None) -> Callable[[Any, Any, Any], None]:
+    """Record the step's end on the incident's timeline, durably and once.
+
+    Prefect persists task-run states asynchronously (from events), so a timeline read at the
+    end of a run may miss its last steps; this record is written before the run goes on.
+    """
+
+    def record(task: Task[..., Any], task_run: Any, state: Any) -> None:
+        from sevflow.models import TimelineEntry, utcnow
+        from sevflow.tasks.orchestrator import RECORD_PREFIX, write_record
+
+        if task_run.flow_run_id is None or state.name == "Cached":
+            return  # a replay: the step's work, and its record, happened earlier
+        ok = state.is_completed()
+        entry = TimelineEntry(
+            at=utcnow(), source="prefect", kind="step",
+            description=f"Step '{task.name}' {'completed' if ok else state.name.lower()}"
+            + ("" if ok or not state.message else f": {state.message}"),
+            details={"milestone": milestone} if (ok and milestone) else {},
+        )
+        digest = hashlib.sha1((task_run.cache_key or str(task_run.id)).encode()).hexdigest()[:20]
+        write_record(task_run.flow_run_id, f"{RECORD_PREFIX}step-{digest}", entry.model_dump(mode="json"))
+
+    return record
+
+
 def step(
     name: str,
     *,
     mutating: bool = False,
     retries: int = 2,
     retry_delay_seconds: float = 1.0,
+    milestone: str | None = None,
+    timeline: bool = True,
 ) -> Callable[[F], F]:
-    """Make a runbook step: a task named in the runbook's words, persisted per flow run.
+    """Make a runbook step: a task named in the runbook's words, persisted per flow run,
+    whose end is a line of the incident's timeline (`milestone`: the post-mortem milestone
+    it marks, e.g. "Fix deployed"; `timeline=False` for steps that write their own lines).
 
     ``mutating`` steps get no retries: they change production, and a retry is a decision
     for a person, not for the orchestrator.
     """
 
     def decorate(fn: F) -> F:
+        hooks = [_timeline_hook(milestone)] if timeline else []
         kwargs: dict[str, Any] = dict(
             name=name,
             cache_policy=RUN_SCOPED,
             persist_result=True,
             log_prints=False,
+            on_completion=hooks,
+            on_failure=hooks,
         )
         if not mutating and retries:
             kwargs.update(

@@ -407,7 +407,7 @@ def rollback_preview(target: ServiceTarget, to_sha: str) -> RollbackPreview:
         )
 
 
-@step("git checkout <commit-hash>", mutating=True)
+@step("git checkout <commit-hash>", mutating=True, milestone="Fix deployed")
 def restore_version(target: ServiceTarget, to_sha: str, expected_head: str, run_key: str) -> RestoredVersion:
     """Put the content of `to_sha` on the production branch as one new commit on top of
     `expected_head` (history is kept; files added since are removed), and update the
@@ -460,7 +460,7 @@ def config_diff(target: ServiceTarget, path: str, from_sha: str) -> ConfigDiff:
         return ConfigDiff(path=path, from_sha=sha, head_sha=head, diff=diff, identical=not diff.strip())
 
 
-@step("git checkout <commit> -- <config file>", mutating=True)
+@step("git checkout <commit> -- <config file>", mutating=True, milestone="Fix deployed")
 def restore_config_file(
     target: ServiceTarget, path: str, from_sha: str, expected_head: str, run_key: str
 ) -> RestoredVersion:
