@@ -1,0 +1,96 @@
+"""The approval policy's decisions, pure."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from sevflow.models import AnswerVerdict, GateAnswer, GateOutcome, Severity
+from sevflow.policy import (
+    ApprovalRule,
+    EscalationTier,
+    GateTally,
+    PolicyError,
+    escalation_step,
+    judge,
+    requirement_for,
+)
+
+RULES = [
+    ApprovalRule(change_kind="data-*", approvers=["Dana DBA", "erin"], required_approvals=2),
+    ApprovalRule(change_kind="*", severities=["SEV-1", "sev2"], approvers=["alice", "bob"]),
+]
+
+
+def answer(decision: str, who: str) -> GateAnswer:
+    return GateAnswer(decision=decision, approver=who, reason="r")
+
+
+def test_first_covering_rule_decides_and_names_are_normalised() -> None:
+    req = requirement_for(RULES, {}, "data-restore", Severity.SEV1)
+    assert req.approvers == ["dana dba", "erin"] and req.required_approvals == 2
+    assert requirement_for(RULES, {}, "application-rollback", Severity.SEV2).approvers == ["alice", "bob"]
+    with pytest.raises(PolicyError, match="no rule for change kind 'application-rollback' at SEV-3"):
+        requirement_for(RULES, {}, "application-rollback", Severity.SEV3)
+
+
+def test_two_distinct_approvers_and_ignored_answers() -> None:
+    req = requirement_for(RULES, {}, "data-restore", Severity.SEV1)
+    tally = GateTally()
+    assert judge(answer("approve", "mallory"), req, tally)[0] is AnswerVerdict.IGNORED
+    assert judge(answer("approve", "  Dana   DBA "), req, tally)[0] is AnswerVerdict.COUNTED
+    assert tally.outcome is None
+    verdict, sentence = judge(answer("approve", "dana dba"), req, tally)
+    assert verdict is AnswerVerdict.IGNORED and "already approved" in sentence
+    assert judge(answer("approve", "Erin"), req, tally)[0] is AnswerVerdict.COUNTED
+    assert tally.outcome is GateOutcome.APPROVED and tally.approvals == ["dana dba", "erin"]
+
+
+def test_one_allowed_rejection_closes_the_gate_an_unallowed_one_does_not() -> None:
+    req = requirement_for(RULES, {}, "application-rollback", Severity.SEV1)
+    tally = GateTally()
+    assert judge(answer("reject", "mallory"), req, tally)[0] is AnswerVerdict.IGNORED
+    assert tally.outcome is None
+    assert judge(answer("reject", "bob"), req, tally)[0] is AnswerVerdict.REJECTED
+    assert tally.outcome is GateOutcome.REJECTED
+
+
+def test_expired_answer_ends_the_gate() -> None:
+    req = requirement_for(RULES, {}, "application-rollback", Severity.SEV1)
+    tally = GateTally()
+    assert judge(answer("expired", "sevflow escalation"), req, tally)[0] is AnswerVerdict.EXPIRED
+    assert tally.outcome is GateOutcome.EXPIRED
+
+
+def test_escalation_schedule() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    tiers = [EscalationTier(name="primary", wait_seconds=60), EscalationTier(name="secondary", wait_seconds=120)]
+    at = lambda s: t0 + timedelta(seconds=s)  # noqa: E731
+    assert escalation_step(tiers, t0, at(0), notified=0) == 0
+    assert escalation_step(tiers, t0, at(59), notified=1) is None
+    assert escalation_step(tiers, t0, at(60), notified=1) == 1
+    assert escalation_step(tiers, t0, at(179), notified=2) is None
+    assert escalation_step(tiers, t0, at(180), notified=2) == 2  # == len(tiers): expire
+    assert escalation_step([], t0, at(10_000), notified=0) is None
+
+
+def test_severity_parsing_and_targets() -> None:
+    assert Severity.parse("sev1") is Severity.SEV1 and Severity.parse(3) is Severity.SEV3
+    assert Severity.SEV2.response_target == timedelta(hours=1) and Severity.SEV4.response_target is None
+    with pytest.raises(ValueError, match="SEV-1, SEV-2"):
+        Severity.parse("SEV-9")
+    with pytest.raises(ValueError):
+        ApprovalRule(approvers=["a"], severities=["SEV-7"])
+
+
+@pytest.mark.parametrize("module", ["sevflow.models", "sevflow.policy", "sevflow.plans", "sevflow.versions",
+                                    "sevflow.records"])
+def test_pure_modules_import_no_io_library(module: str) -> None:
+    import subprocess
+    import sys
+
+    code = (f"import sys, {module}; bad = [m for m in ('prefect', 'httpx', 'git', 'psycopg', 'boto3') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
