@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console

@@ -52,7 +52,6 @@ from sevflow.errors import ApprovalError, ConfigurationError
 from sevflow.models import (
     AnswerVerdict,
     GateAnswer,
-    GateOutcome,
     GateRequest,
     GateResult,
     IncidentContext,

@@ -25,7 +25,7 @@ def application_rollback_change(
         commands=[
             f"git commit-tree {good.short}^{{tree}} -p {preview.from_sha[:12]}   "
             f"# new commit with the tree of {good.short}; history is not rewritten",
-            f"git merge --ff-only <that commit>",
+            "git merge --ff-only <that commit>",
             *_commands(build_command, deploy_command),
         ],
         undo=f"run `application-rollback` with version={preview.from_sha[:12]} (the version running now), "

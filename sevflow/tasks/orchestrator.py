@@ -111,8 +111,6 @@ def emit_incident_event(
 
 def add_run_tags(flow_run_id: str | UUID, tags: list[str]) -> list[str]:
     """Add tags to the run (keeping the ones it has); returns the run's tags."""
-    from prefect.client.schemas.actions import FlowRunUpdate
-
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(str(flow_run_id)))
         merged = sorted(set(run.tags) | set(tags))

@@ -34,7 +34,7 @@ def test_unanswered_gate_escalates_through_tiers_then_ends_waiting_on_a_human(se
     service.save_policy(tiers=[0.3, 0.3])
     before = service.repo.snapshot()
     run_id = start("application-rollback", service=service.name, severity="SEV-1", policy=service.policy)
-    run = wait_paused(run_id)
+    wait_paused(run_id)
 
     # Tier 0 was told when the gate opened, with the run's link and the CLI command.
     first = service.receiver.received
