@@ -36,6 +36,8 @@ def server_environment(home: Path, port: int) -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_API_HOST="127.0.0.1",
         PREFECT_SERVER_API_PORT=str(port),
+        # The UI asks the server where the API is; without this it says :4200 whatever the port.
+        PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
     )
     return env
 
