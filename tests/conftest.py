@@ -27,6 +27,9 @@ SECRETS = (DEPLOY_TOKEN, HEALTH_TOKEN, WEBHOOK_TOKEN)
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     home = tmp_path_factory.mktemp("prefect-home")
     server = PrefectServer(home)
+    # The UI (both bundles) learns the API's address from /ui-settings, which otherwise says
+    # the default :4200, not this server's port; the browser tests in tests/ui need it right.
+    server.extra_env["PREFECT_UI_API_URL"] = server.api_url
     server.start()
     from prefect.settings import (
         PREFECT_API_URL,

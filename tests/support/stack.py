@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Mapping
 
 import httpx
 import psycopg
@@ -27,13 +28,18 @@ def free_port() -> int:
 
 
 class PrefectServer:
-    """`prefect server start` on a fresh PostgreSQL database, loopback only, analytics off."""
+    """`prefect server start` on a fresh PostgreSQL database, loopback only, analytics off.
 
-    def __init__(self, home: Path) -> None:
+    `extra_env` is added to the server process's environment only (not to `env()`, which
+    clients and workers use); it may be extended after construction, before `start()`.
+    """
+
+    def __init__(self, home: Path, extra_env: Mapping[str, str] | None = None) -> None:
         self.home = home
         self.port = free_port()
         self.database = f"sevflow_test_{uuid.uuid4().hex[:10]}"
         self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.extra_env: dict[str, str] = dict(extra_env or {})
         self.process: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
@@ -53,6 +59,7 @@ class PrefectServer:
         env.pop("PREFECT_API_URL")
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = PG_DSN.replace("postgresql://", "postgresql+asyncpg://").rsplit(
             "/", 1)[0] + f"/{self.database}"
+        env.update(self.extra_env)
         self.log = (self.home / "server.log").open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
