@@ -24,7 +24,7 @@ from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput
 
 FLOW_NAME = "bench-suspend-then-change"
-QUERY_SECONDS = 0.5  # as `sevflow serve` (its --poll default, and what tests.support.stack.Worker passes)
+QUERY_SECONDS = 0.2  # as `sevflow serve` (its --poll default, and what tests.support.stack.Worker passes)
 LIMIT = 20  # as `sevflow serve`
 
 

@@ -41,7 +41,7 @@ def up(
 @app.command()
 def serve(
     limit: int = typer.Option(20, help="Most flow runs executing at once."),
-    poll: float = typer.Option(0.5, help="Seconds between polls for runs to start (and resumed runs)."),
+    poll: float = typer.Option(0.2, help="Seconds between polls for runs to start (and resumed runs)."),
     escalation_interval: float = typer.Option(30.0, help="Escalation watcher schedule; 0 disables it here."),
 ) -> None:
     """Serve every procedure from this process (a worker) against PREFECT_API_URL."""

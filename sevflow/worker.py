@@ -2,10 +2,12 @@
 
 Runs are started in child processes. Prefect's Runner spawns each child from a fresh
 interpreter, which costs this machine ~2.5 s of imports per start, and every approval
-restarts its run (a suspended run is rescheduled). To keep "approval → change starts"
-well under 2 s, children are forked from a forkserver that has Prefect and the flows
-imported already; measured 3.7 s → 1.2 s (bench/approval_latency.py). If Prefect's
-internals differ from what this expects, the worker falls back to plain spawn and says so.
+restarts its run (a suspended run is rescheduled). So children are forked from a forkserver
+that has Prefect and the flows imported already. Measured by bench/approval_latency.py on
+this 2-core machine (medians, poll 0.2 s): approval → change starts 4.9 s with plain spawn,
+2.0 s for a bare suspend/resume flow with this fast start, 2.4 s for sevflow's
+application-rollback. If Prefect's internals differ from what this expects, the worker
+falls back to plain spawn and says so.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ async def _serve(limit: int | None, query_seconds: float, escalation_interval: f
     await runner.start()
 
 
-def serve(limit: int | None = 20, query_seconds: float = 0.5, escalation_interval: float | None = 30.0) -> None:
+def serve(limit: int | None = 20, query_seconds: float = 0.2, escalation_interval: float | None = 30.0) -> None:
     """Register sevflow's blocks and defaults, then serve every procedure until stopped."""
     setup.ensure_defaults()
     install_fast_start()

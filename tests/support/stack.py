@@ -86,7 +86,7 @@ class Worker:
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sevflow", "serve", "--limit", str(self.limit), "--poll", "0.5",
+            [sys.executable, "-m", "sevflow", "serve", "--limit", str(self.limit), "--poll", "0.2",
              "--escalation-interval", "0"],
             env=dict(os.environ) | self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
