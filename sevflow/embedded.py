@@ -90,9 +90,15 @@ def stop(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
         process.wait()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, echo=print) -> int:
     home = state_home()
     home.mkdir(parents=True, exist_ok=True)
+    # `kill` or a service manager stops it like Ctrl-C does: children first.
+    signal.signal(signal.SIGTERM, _interrupt)
     children: list[subprocess.Popen[bytes]] = []
     api_url = os.environ.get("PREFECT_API_URL")
     try:
