@@ -141,7 +141,9 @@ def page(rollback_run: str) -> Iterator[Any]:
     # Opened after the service's blocks are saved and its run is started, since Prefect calls
     # made while it is open need off_loop; hence one browser per test, not per module.
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no chromium at {CHROMIUM} (./dev test installs Debian's chromium when it can)")
+        # ./dev test installs chromium or deselects these tests (-m "not ui") loudly; a run
+        # that reaches here without a browser proved nothing, so it fails.
+        pytest.fail(f"no chromium at {CHROMIUM}: apt-get install chromium, or run with -m 'not ui'")
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
@@ -175,7 +177,7 @@ def test_approver_answers_through_the_resume_form(
     ui_name: str, service: Service, rollback_run: str, page: Any, ui_settings: dict[str, Any], tmp_path: Path
 ) -> None:
     if ui_name not in ui_settings["available_uis"]:
-        pytest.skip(f"this Prefect server does not serve the {ui_name} UI: {ui_settings['available_uis']}")
+        pytest.fail(f"this Prefect server does not serve the {ui_name} UI: {ui_settings['available_uis']}")
     ui = UIS[ui_name]
     base = f"{ui_settings['api_url'][: -len('/api')]}{ui_settings[f'{ui_name}_base_url'].rstrip('/')}"
 
