@@ -57,7 +57,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import httpx  # noqa: E402
 
-from tests.support.repos import BUILD, deploy_command, git, make_service_repo, reload_command  # noqa: E402
+from tests.support.repos import BUILD, git, make_service_repo, save_service_target  # noqa: E402
 from tests.support.services import HealthApp  # noqa: E402
 from tests.support.stack import PrefectServer, Worker  # noqa: E402
 
@@ -307,28 +307,13 @@ class BenchService:
     its target block (as tests/conftest.py's Service, plus a build-start timestamp)."""
 
     def __init__(self, root: Path) -> None:
-        from pydantic import SecretStr
-
-        from sevflow.blocks import ServiceTarget
-
         root.mkdir(parents=True)
         self.name = f"bench-shop-{uuid.uuid4().hex[:8]}"
         self.repo = make_service_repo(root)
         self.app = HealthApp(self.repo.deploy_dir)
         self.build_started = root / "build_started"
-        ServiceTarget(
-            service=self.name,
-            repository=str(self.repo.path),
-            branch="main",
-            build_command=f"date +%s.%N > {self.build_started} && {BUILD}",
-            deploy_command=deploy_command(self.repo.deploy_dir),
-            reload_command=reload_command(self.repo.deploy_dir),
-            health_check_urls=[self.app.health_url],
-            health_check_budget_seconds=2.0,
-            config_files=["config/app.env"],
-            command_secrets={"DEPLOY_TOKEN": SecretStr(DEPLOY_TOKEN)},
-            health_check_token=SecretStr(HEALTH_TOKEN),
-        ).save(self.name, overwrite=True)
+        save_service_target(self.name, self.repo, self.app.health_url, deploy_token=DEPLOY_TOKEN,
+                            health_token=HEALTH_TOKEN, build_command=f"date +%s.%N > {self.build_started} && {BUILD}")
 
     def branch_moved_at(self) -> float:
         # The fast-forward rewrites the loose ref file; nothing after it in the run touches it.

@@ -13,7 +13,7 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from tests.support.repos import BUILD, ServiceRepo, deploy_command, make_service_repo, reload_command  # noqa: E402
+from tests.support.repos import BUILD, ServiceRepo, make_service_repo, save_service_target  # noqa: E402
 from tests.support.services import HealthApp, WebhookReceiver  # noqa: E402
 from tests.support.stack import PrefectServer, Worker  # noqa: E402
 
@@ -84,25 +84,10 @@ class Service:
         self.receiver = receiver
 
     def save_target(self, **overrides: Any) -> None:
-        from pydantic import SecretStr
-
-        from sevflow.blocks import ServiceTarget
-
-        fields: dict[str, Any] = dict(
-            service=self.name,
-            repository=str(self.repo.path),
-            branch="main",
-            build_command=BUILD + f" && echo build >> {self.repo.deploy_dir}/builds.log",
-            deploy_command=deploy_command(self.repo.deploy_dir),
-            reload_command=reload_command(self.repo.deploy_dir),
-            health_check_urls=[self.app.health_url],
-            health_check_budget_seconds=2.0,
-            config_files=["config/app.env"],
-            command_secrets={"DEPLOY_TOKEN": SecretStr(DEPLOY_TOKEN)},
-            health_check_token=SecretStr(HEALTH_TOKEN),
+        save_service_target(
+            self.name, self.repo, self.app.health_url, deploy_token=DEPLOY_TOKEN, health_token=HEALTH_TOKEN,
+            build_command=BUILD + f" && echo build >> {self.repo.deploy_dir}/builds.log", **overrides,
         )
-        fields.update(overrides)
-        ServiceTarget(**fields).save(self.name, overwrite=True)
 
     def save_policy(self, approvers: list[str] | None = None, required: int = 1,
                     tiers: list[float] | None = None) -> None:

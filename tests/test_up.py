@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.stack import free_port
+from tests.support.wait import until
 
 
 def _processes_using(marker: str) -> list[int]:
@@ -56,15 +57,10 @@ class Up:
         return self.process.wait(60)
 
 
-def _wait_deployments(api: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        names = {(d["name"]) for d in httpx.post(f"{api}/deployments/filter", json={}).json()}
-        flows = {f["name"] for f in httpx.post(f"{api}/flows/filter", json={}).json()}
-        if {"application-rollback", "configuration-rollback", "approval-escalation"} <= flows and "sevflow" in names:
-            return
-        time.sleep(0.3)
-    raise AssertionError("sevflow up did not deploy the procedures")
+def _deployed(api: str) -> bool:
+    names = {(d["name"]) for d in httpx.post(f"{api}/deployments/filter", json={}).json()}
+    flows = {f["name"] for f in httpx.post(f"{api}/flows/filter", json={}).json()}
+    return {"application-rollback", "configuration-rollback", "approval-escalation"} <= flows and "sevflow" in names
 
 
 def test_up_starts_everything_stops_everything_and_reuses_its_state(tmp_path: Path) -> None:
@@ -75,7 +71,7 @@ def test_up_starts_everything_stops_everything_and_reuses_its_state(tmp_path: Pa
         up.wait_for("Ctrl-C stops everything")
         assert any(f"http://127.0.0.1:{port}" in line for line in up.lines)
         assert any("sevflow approve" in line for line in up.lines)
-        _wait_deployments(api)
+        until(lambda: _deployed(api), 120, 0.3, what="sevflow up to deploy the procedures")
         slugs = {b["slug"] for b in httpx.post(f"{api}/block_types/filter", json={}).json()}
         assert {"sevflow-service-target", "sevflow-approval-policy"} <= slugs
         # Something a person made in the UI: it must survive a restart.
@@ -84,9 +80,7 @@ def test_up_starts_everything_stops_everything_and_reuses_its_state(tmp_path: Pa
     finally:
         code = up.ctrl_c()
     assert code == 0, "".join(up.lines)
-    deadline = time.monotonic() + 20
-    while _processes_using(f"PREFECT_HOME={home}") and time.monotonic() < deadline:
-        time.sleep(0.2)
+    until(lambda: not _processes_using(f"PREFECT_HOME={home}"), 20, what="every started process to exit")
     assert _processes_using(f"PREFECT_HOME={home}") == []  # nothing left behind
     assert (home / "prefect" / "prefect.db").exists()
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from sevflow.flows.approval_escalation import approval_escalation
 from sevflow.gate import answer_gate
+from tests.support.wait import until
 from tests.conftest import Service, start, wait_final, wait_paused
 
 
@@ -22,12 +22,10 @@ def _events(resource_id: str, prefix: str = "sevflow.") -> list[dict]:
 
 
 def _wait_events(resource_id: str, names: set[str], timeout: float = 30) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
+    def found() -> list[dict]:
         events = _events(resource_id)
-        if names <= {e["event"] for e in events} or time.monotonic() > deadline:
-            return events
-        time.sleep(0.3)
+        return events if names <= {e["event"] for e in events} else []
+    return until(found, timeout, 0.3, what=f"events {sorted(names)}")
 
 
 def test_unanswered_gate_escalates_through_tiers_then_ends_waiting_on_a_human(service: Service, worker) -> None:
@@ -44,16 +42,16 @@ def test_unanswered_gate_escalates_through_tiers_then_ends_waiting_on_a_human(se
     assert "tier 0" in body and {k.lower(): v for k, v in first[0]["headers"].items()}["authorization"] == "Bearer wh-tok-9e1c3a5d7f"
 
     # Passes of the watcher before a tier's time do nothing; after it, the next tier is told.
-    deadline = time.monotonic() + 30
-    while len(service.receiver.received) < 2 and time.monotonic() < deadline:
+    def escalated() -> bool:
         approval_escalation()
-        time.sleep(0.1)
+        return len(service.receiver.received) >= 2
+
+    until(escalated, interval=0.1, what="the escalation to tier 1")
     assert "ESCALATED" in service.receiver.received[1]["body"]["subject"]
     assert "tier 1" in service.receiver.received[1]["body"]["body"]
 
     # After the last tier: the watcher answers `expired`; the run ends documented and unchanged.
-    while approval_escalation().get(run_id) != "expired" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    until(lambda: approval_escalation().get(run_id) == "expired", interval=0.1, what="the gate to expire")
     final = wait_final(run_id)
     assert final.state.name == "AwaitingHumanDecision"
     assert "Nothing was changed" in final.state.message

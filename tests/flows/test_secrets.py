@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 
 from sevflow.gate import answer_gate
+from tests.support.wait import until
 from tests.conftest import SECRETS, Service, start, wait_final, wait_paused
 
 
@@ -34,12 +34,9 @@ def test_no_secret_leaks_anywhere(service: Service, worker, stack) -> None:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        deadline = time.monotonic() + 30
-        while True:  # the run's last logs reach the API in the background
-            logs = _all(client, "/logs/filter")
-            if "deployed with token=********" in json.dumps(logs) or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        # The run's last logs reach the API in the background.
+        logs = until(lambda: (lambda found: found if "deployed with token=********" in json.dumps(found) else [])(
+            _all(client, "/logs/filter")), interval=0.5, what="the deploy step's log line")
         artifacts = _all(client, "/artifacts/filter")
         runs = _all(client, "/flow_runs/filter")
         task_runs = _all(client, "/task_runs/filter")

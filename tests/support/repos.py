@@ -92,3 +92,27 @@ def deploy_command(deploy_dir: Path) -> str:
 
 def reload_command(deploy_dir: Path) -> str:
     return f"cp config/app.env {deploy_dir}/app.env && echo reloaded >> {deploy_dir}/reloads.log"
+
+
+def save_service_target(name: str, repo: ServiceRepo, health_url: str, *, deploy_token: str, health_token: str,
+                        build_command: str, **overrides: object) -> None:
+    """Save the `sevflow Service Target` block for this repo and its app, as a person would."""
+    from pydantic import SecretStr
+
+    from sevflow.blocks import ServiceTarget
+
+    fields: dict[str, object] = dict(
+        service=name,
+        repository=str(repo.path),
+        branch="main",
+        build_command=build_command,
+        deploy_command=deploy_command(repo.deploy_dir),
+        reload_command=reload_command(repo.deploy_dir),
+        health_check_urls=[health_url],
+        health_check_budget_seconds=2.0,
+        config_files=["config/app.env"],
+        command_secrets={"DEPLOY_TOKEN": SecretStr(deploy_token)},
+        health_check_token=SecretStr(health_token),
+    )
+    fields.update(overrides)
+    ServiceTarget(**fields).save(name, overwrite=True)
