@@ -86,7 +86,8 @@ class Service:
     def save_target(self, **overrides: Any) -> None:
         save_service_target(
             self.name, self.repo, self.app.health_url, deploy_token=DEPLOY_TOKEN, health_token=HEALTH_TOKEN,
-            build_command=BUILD + f" && echo build >> {self.repo.deploy_dir}/builds.log", **overrides,
+            build_command=overrides.pop("build_command", BUILD + f" && echo build >> {self.repo.deploy_dir}/builds.log"),
+            **overrides,
         )
 
     def save_policy(self, approvers: list[str] | None = None, required: int = 1,
