@@ -27,13 +27,45 @@ def up(
     port: int = typer.Option(4200, help="Port of the embedded Prefect server (127.0.0.1)."),
     limit: int = typer.Option(20, help="Most flow runs executing at once (waiting gates hold none)."),
     escalation_interval: float = typer.Option(30.0, help="Seconds between escalation watcher passes."),
+    intake_port: int = typer.Option(8787, help="Port of the alert intake (127.0.0.1); 0 starts no intake."),
 ) -> None:
-    """Start the embedded stack: a Prefect server (SQLite, loopback) and a worker serving every procedure."""
+    """Start the embedded stack: a Prefect server (SQLite, loopback), a worker serving every procedure
+    and the alert intake."""
     from sevflow.embedded import up as run_up
     from sevflow.errors import SevflowError
 
     try:
-        raise typer.Exit(run_up(port=port, limit=limit, escalation_interval=escalation_interval, echo=out.print))
+        raise typer.Exit(run_up(port=port, limit=limit, escalation_interval=escalation_interval,
+                                intake_port=intake_port, echo=out.print))
+    except SevflowError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def intake(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback unless you say otherwise)."),
+    port: int = typer.Option(8787, help="Port to listen on."),
+    rules: str = typer.Option("", help="Routing rules file (default: $SEVFLOW_HOME/intake-rules.yaml)."),
+    state: str = typer.Option("", help="Folder of the durable alert store (default: $SEVFLOW_HOME/intake)."),
+    answer_wait: float = typer.Option(3.0, help="Seconds an answer waits for a new incident's flow run id."),
+    credentials_refresh: float = typer.Option(30.0, help="Seconds between re-reads of the alert source blocks."),
+) -> None:
+    """Receive alerts (Alertmanager, Grafana, PagerDuty, Datadog, Opsgenie, SNS, generic) and start procedures."""
+    import os
+    from pathlib import Path
+
+    # The intake retries delivery itself, with its own backoff; the client's own retries would
+    # only hold a delivery lane longer while Prefect is down. Set before Prefect is imported.
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "1")
+    from sevflow.embedded import state_home
+    from sevflow.errors import SevflowError
+    from sevflow.intake.app import serve as run_intake
+
+    home = state_home()
+    try:
+        run_intake(host, port, Path(rules) if rules else home / "intake-rules.yaml",
+                   Path(state) if state else home / "intake", answer_wait=answer_wait,
+                   credentials_refresh=credentials_refresh)
     except SevflowError as exc:
         _fail(str(exc))
 

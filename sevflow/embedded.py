@@ -2,7 +2,8 @@
 
 - a Prefect server on SQLite in a local state folder (loopback only, analytics off),
   unless PREFECT_API_URL names a server to use;
-- a worker serving every procedure (`sevflow serve`).
+- a worker serving every procedure (`sevflow serve`);
+- the alert intake (`sevflow intake`) on 127.0.0.1:8787, rules in `$SEVFLOW_HOME/intake-rules.yaml`.
 
 Ctrl-C stops everything it started; running it again reuses the state folder.
 """
@@ -56,6 +57,17 @@ def wait_healthy(api_url: str, process: subprocess.Popen[bytes] | None, timeout:
     raise ConfigurationError(f"The Prefect server at {api_url} did not answer /health within {timeout:.0f}s.")
 
 
+def _check_port_free(port: int, what: str) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise ConfigurationError(f"Port {port} for {what} is already in use; pass another port.") from None
+
+
 def start_server(home: Path, port: int, log_file: Path) -> subprocess.Popen[bytes]:
     home.mkdir(parents=True, exist_ok=True)
     try:
@@ -94,7 +106,8 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, echo=print) -> int:
+def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, intake_port: int = 8787,
+       echo=print) -> int:
     home = state_home()
     home.mkdir(parents=True, exist_ok=True)
     # `kill` or a service manager stops it like Ctrl-C does: children first.
@@ -120,12 +133,22 @@ def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, ech
              "--escalation-interval", str(escalation_interval)],
             env=worker_env, stdin=subprocess.DEVNULL, start_new_session=True,
         ))
+        if intake_port:
+            _check_port_free(intake_port, "the alert intake (--intake-port)")
+            children.append(subprocess.Popen(
+                [sys.executable, "-m", "sevflow", "intake", "--port", str(intake_port)],
+                env=worker_env | {"SEVFLOW_HOME": str(home)}, stdin=subprocess.DEVNULL, start_new_session=True,
+            ))
         echo("")
         echo(f"sevflow is up. Prefect UI: {ui}")
         echo(f"  Deployments: {ui}/deployments  (Run → application-rollback, configuration-rollback)")
         echo(f"  Blocks:      {ui}/blocks  (add a 'sevflow Service Target'; edit 'sevflow Approval Policy' default)")
         echo("  Waiting approvals:  PREFECT_API_URL=" + api_url + " sevflow pending")
         echo("  Approve:            sevflow approve <flow-run-id> --as NAME --reason TEXT  (or Resume in the UI)")
+        if intake_port:
+            echo(f"  Alert intake:       http://127.0.0.1:{intake_port}/alerts/<source>  (API docs: "
+                 f"http://127.0.0.1:{intake_port}/docs; rules: {home / 'intake-rules.yaml'}; one "
+                 "'sevflow Alert Source' block per sender)")
         echo("Ctrl-C stops everything.")
         while True:
             for child in children:

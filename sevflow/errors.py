@@ -7,7 +7,11 @@
     │                          missing repository, missing file); nothing was changed
     ├── CommandFailed          a build, deploy or reload command exited non-zero
     ├── VerificationFailed     health checks did not pass inside their time budget
-    └── ApprovalError          the gate could not be asked or answered
+    ├── ApprovalError          the gate could not be asked or answered
+    └── IntakeError            an alert delivery was refused (the intake answers 4xx)
+        ├── PayloadError           the body is not a payload of that sender (400/422)
+        ├── AuthenticationFailed   token, signature or certificate did not check out (401)
+        └── RulesError             the routing rules file is invalid (stops start-up)
 
 Flows let these propagate, so the run ends Failed with the message, which is written for
 the on-call engineer who reads it in the UI.
@@ -47,3 +51,27 @@ class VerificationFailed(SevflowError):
 
 class ApprovalError(SevflowError):
     """The approval gate could not be opened or answered."""
+
+
+class IntakeError(SevflowError):
+    """An alert delivery was refused; `status` is the HTTP answer the sender gets."""
+
+    status = 400
+
+
+class PayloadError(IntakeError):
+    """The body is not JSON (400) or not the shape that sender sends (422)."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AuthenticationFailed(IntakeError):
+    """Bearer token, HMAC signature or SNS certificate did not check out."""
+
+    status = 401
+
+
+class RulesError(IntakeError, ConfigurationError):
+    """The routing rules file has an error; the message names the line."""

@@ -85,7 +85,8 @@ def test_severity_parsing_and_targets() -> None:
 
 
 @pytest.mark.parametrize("module", ["sevflow.models", "sevflow.policy", "sevflow.plans", "sevflow.versions",
-                                    "sevflow.records"])
+                                    "sevflow.records", "sevflow.intake.alerts",
+                                    "sevflow.intake.rules", "sevflow.intake.auth"])
 def test_pure_modules_import_no_io_library(module: str) -> None:
     import subprocess
     import sys

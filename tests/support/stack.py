@@ -114,3 +114,59 @@ class Worker:
     def stop(self) -> None:
         if self.process:
             stop_group(self.process)
+
+
+class Intake:
+    """`sevflow intake` in its own process group, with its own rules file and store."""
+
+    def __init__(self, env: dict[str, str], root: Path, rules: str, answer_wait: float = 3.0) -> None:
+        self.env = env
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.rules_path = root / "rules.yaml"
+        self.rules_path.write_text(rules)
+        self.state_dir = root / "state"
+        self.log_path = root / "intake.log"
+        self.answer_wait = answer_wait
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "sevflow", "intake", "--port", str(self.port), "--rules", str(self.rules_path),
+                "--state", str(self.state_dir), "--answer-wait", str(self.answer_wait),
+                "--credentials-refresh", "0.5"]
+
+    def start(self, wait: bool = True) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(self.command(), env=dict(os.environ) | self.env, stdout=log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60.0, credentials: bool = True) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sevflow intake exited ({self.process.returncode}): {self.log_path.read_text()[-3000:]}")
+            try:
+                health = httpx.get(f"{self.url}/healthz", timeout=2).json()
+                if health.get("credentials_loaded") or not credentials:
+                    return health
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"sevflow intake did not become ready: see {self.log_path}")
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/healthz", timeout=5).json()
+
+    def kill_9(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process:
+            stop_group(self.process)

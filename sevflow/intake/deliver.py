@@ -1,0 +1,245 @@
+"""Moves stored alerts into Prefect, in order per incident, for as long as it takes.
+
+For each stored alert (oldest first), on the alert's incident:
+- the incident has no run yet: create it from the procedure's deployment with the idempotency
+  key `sevflow-intake/<incident id>` (a retry after a lost answer, or a second intake replica,
+  gets the same run back);
+- write the alert onto the run as a durable timeline record (once per identity, status and
+  episode; exact re-deliveries add nothing);
+- emit `sevflow.alert.firing` / `sevflow.alert.resolved` on the incident's resource, with a
+  deterministic event id, so a retried batch is stored once.
+
+An alert is marked delivered only when all three are done. When Prefect is down or answers
+503, the lane of that incident stops at the alert that failed and the pass ends; the next
+pass (with backoff) starts from it again, so order within an incident is kept. Incidents
+whose run has reached a final state are closed: a later firing alert opens a new incident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from datetime import datetime
+from typing import Any, Callable
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.events import Event
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
+
+from sevflow.deployments import DEPLOYMENT_NAME
+from sevflow.intake.store import Incident, Pending, Store, _seen_key
+from sevflow.models import TimelineEntry
+from sevflow.tasks.orchestrator import RECORD_PREFIX
+
+log = logging.getLogger("sevflow.intake")
+
+
+class NotServed(Exception):
+    """The procedure has no deployment: nothing serves it (yet)."""
+
+
+class Deliverer:
+    def __init__(self, store: Store, lanes: int = 8, on_run: Callable[[str, str], None] | None = None,
+                 close_interval: float = 2.0) -> None:
+        self.store = store
+        self.lanes = lanes
+        self.on_run = on_run or (lambda incident_id, flow_run_id: None)
+        self.close_interval = close_interval
+        self.wake = asyncio.Event()
+        self.reachable: bool | None = None
+        self.last_error = ""
+        self._deployments: dict[str, UUID] = {}
+        self._last_close = 0.0
+        self._namespace = uuid.UUID(hashlib.md5(store.store_id.encode()).hexdigest())
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            delay = min(0.5 * 2 ** failures, 10.0) if failures else 1.0
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            if failures:  # a wake-up does not cut a backoff short; new alerts wait in the queue
+                await asyncio.sleep(max(0.0, delay - 0.01))
+            self.wake.clear()
+            try:
+                ok = await self.pass_once()
+            except Exception as exc:  # the server went away between calls; keep going
+                ok = False
+                self._trouble(f"{type(exc).__name__}: {exc}")
+            failures = 0 if ok else min(failures + 1, 5)
+
+    async def pass_once(self) -> bool:
+        """Deliver what is pending; True when nothing failed."""
+        rows = await self.store.pending()
+        ok = True
+        if rows:
+            lanes: dict[str, list[Pending]] = {}
+            for row in rows:
+                lanes.setdefault(row.incident_id or "", []).append(row)
+            async with get_client() as client:
+                gate = asyncio.Semaphore(self.lanes)
+                results = await asyncio.gather(*(self._lane(client, gate, lane) for lane in lanes.values()))
+            ok = all(results)
+            if ok and self.reachable is False:
+                log.warning("Prefect answers again; the queued alerts were delivered.")
+            if ok:
+                self.reachable = True
+            if len(rows) == 2000:
+                self.wake.set()  # more are waiting
+        if time.monotonic() - self._last_close > self.close_interval:
+            self._last_close = time.monotonic()
+            await self.close_finished()
+        return ok
+
+    async def _lane(self, client: PrefectClient, gate: asyncio.Semaphore, rows: list[Pending]) -> bool:
+        async with gate:
+            done: list[int] = []
+            events: list[Event] = []
+            failed = False
+            for row in rows:
+                try:
+                    events.append(await self._deliver(client, row))
+                except Exception as exc:
+                    self._trouble(f"{type(exc).__name__}: {exc}", row)
+                    await self.store.failed(row.seq, f"{type(exc).__name__}: {exc}")
+                    failed = True
+                    break  # keep this incident's order: nothing after it goes first
+                done.append(row.seq)
+            if events:
+                try:
+                    await self._emit(client, events)
+                except Exception as exc:
+                    self._trouble(f"events: {type(exc).__name__}: {exc}")
+                    return False  # records are write-once and runs idempotent: the retry is safe
+            if done:
+                await self.store.delivered(done)
+            return not failed
+
+    async def _deliver(self, client: PrefectClient, row: Pending) -> Event:
+        assert row.incident_id is not None
+        incident = self.store.incident(row.incident_id)
+        if incident is None:
+            raise RuntimeError(f"incident {row.incident_id} is not in the store")
+        if incident.flow_run_id is None:
+            await self._start_run(client, incident, row)
+        assert incident.flow_run_id is not None
+        if not row.repeat:
+            await self._record(client, incident, row)
+        return self._event(incident, row)
+
+    async def _start_run(self, client: PrefectClient, incident: Incident, row: Pending) -> None:
+        route = incident.route
+        deployment_id = await self._deployment(client, route.procedure)
+        alert = row.alert
+        parameters: dict[str, Any] = {
+            "service": route.service,
+            "severity": route.severity.value,
+            "incident_id": incident.incident_id,
+            "reason": f"{alert.source} alert: {alert.summary}"[:500],
+            **route.parameters,
+        }
+        flow_run = await client.create_flow_run_from_deployment(
+            deployment_id, parameters=parameters, idempotency_key=f"sevflow-intake/{incident.incident_id}",
+            tags=["sevflow", "sevflow-intake", f"incident:{incident.incident_id}", f"sev:{route.severity.number}",
+                  f"service:{route.service}"],
+        )
+        await self.store.set_flow_run(incident.incident_id, str(flow_run.id))
+        incident.flow_run_id = str(flow_run.id)
+        log.info("Incident %s: started %s for %s (%s), flow run %s, from rule %s", incident.incident_id,
+                 route.procedure, route.service, route.severity.value, flow_run.id, route.rule)
+        self.on_run(incident.incident_id, str(flow_run.id))
+
+    async def _deployment(self, client: PrefectClient, procedure: str) -> UUID:
+        if procedure not in self._deployments:
+            try:
+                deployment = await client.read_deployment_by_name(f"{procedure}/{DEPLOYMENT_NAME}")
+            except ObjectNotFound as exc:
+                raise NotServed(f"no deployment {procedure}/{DEPLOYMENT_NAME}: is `sevflow serve` (or `sevflow up`) "
+                                "running against this Prefect server?") from exc
+            self._deployments[procedure] = deployment.id
+        return self._deployments[procedure]
+
+    async def _record(self, client: PrefectClient, incident: Incident, row: Pending) -> None:
+        alert = row.alert
+        verb = {"started": "opened the incident", "duplicate": "repeated", "attached": "joined the incident",
+                "resolved": "resolved"}.get(row.outcome, row.outcome)
+        entry = TimelineEntry(
+            at=datetime.fromisoformat(row.received_at),
+            source=alert.source,
+            kind="alert",
+            description=f"Alert {alert.status} ({verb}): {alert.summary}",
+            details={"identity": alert.identity, "severity": alert.severity, "event": alert.event,
+                     "starts_at": alert.starts_at.isoformat() if alert.starts_at else None,
+                     "links": alert.links[:5], "outcome": row.outcome, "intake_seq": row.seq,
+                     **({"milestone": "Alert received"} if row.outcome == "started" else {})},
+        )
+        key = f"{RECORD_PREFIX}alert-{hashlib.sha256(_seen_key(alert).encode()).hexdigest()[:20]}"
+        try:
+            await client.create_flow_run_input(flow_run_id=UUID(incident.flow_run_id or ""), key=key,
+                                               value=entry.model_dump_json())
+        except ObjectAlreadyExists:
+            pass  # recorded by an earlier attempt or another replica
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 409:
+                raise
+
+    def _event(self, incident: Incident, row: Pending) -> Event:
+        alert = row.alert
+        route = incident.route
+        return Event(
+            id=uuid.uuid5(self._namespace, str(row.seq)),
+            occurred=datetime.fromisoformat(row.received_at),
+            event=f"sevflow.alert.{alert.status}",
+            resource={
+                "prefect.resource.id": f"sevflow.incident.{incident.incident_id}",
+                "prefect.resource.name": f"{incident.incident_id} ({incident.service}, {route.severity.value})",
+                "sevflow.service": incident.service,
+                "sevflow.severity": route.severity.value,
+            },
+            related=[
+                {"prefect.resource.id": f"prefect.flow-run.{incident.flow_run_id}", "prefect.resource.role": "flow-run"},
+                {"prefect.resource.id": f"sevflow.alert.{alert.identity}", "prefect.resource.role": "alert",
+                 "prefect.resource.name": alert.summary[:200]},
+            ],
+            payload={"source": alert.source, "identity": alert.identity, "status": alert.status,
+                     "outcome": row.outcome, "summary": alert.summary, "severity": alert.severity,
+                     "labels": alert.labels, "links": alert.links[:5], "repeat": row.repeat},
+        )
+
+    async def _emit(self, client: PrefectClient, events: list[Event]) -> None:
+        for start in range(0, len(events), 200):
+            response = await client._client.post(  # the events REST endpoint: a batch, acknowledged
+                "/events", json=[e.model_dump(mode="json") for e in events[start:start + 200]])
+            response.raise_for_status()
+
+    async def close_finished(self) -> None:
+        """Close incidents whose run has ended (or was deleted)."""
+        open_runs = {inc.flow_run_id: inc.incident_id for inc in list(self.store.incidents.values())
+                     if inc.flow_run_id}
+        if not open_runs:
+            return
+        ids = [UUID(r) for r in open_runs]
+        alive: set[str] = set()
+        async with get_client() as client:
+            for start in range(0, len(ids), 200):  # the server's page limit
+                runs = await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids[start:start + 200])), limit=200)
+                alive |= {str(r.id) for r in runs if not (r.state and r.state.is_final())}
+        ended = [incident_id for run_id, incident_id in open_runs.items() if run_id not in alive]
+        if ended:
+            await self.store.close_incidents(ended)
+            log.info("Closed incidents whose run ended: %s", ", ".join(ended))
+
+    def _trouble(self, message: str, row: Pending | None = None) -> None:
+        self.last_error = message
+        if self.reachable is not False:
+            waiting = f" (alert #{row.seq}, incident {row.incident_id})" if row else ""
+            log.warning("Cannot deliver to Prefect%s: %s. Alerts stay queued on disk and are retried.", waiting, message)
+        self.reachable = False
