@@ -96,3 +96,27 @@ class WebhookReceiver(_Server):
                 pass
 
         super().__init__(Handler)
+
+
+class AwsStandIn(_Server):
+    """Plays the AWS endpoints SNS deliveries point at: serves the signing certificate and
+    records the GET that confirms a subscription (trusted by the SNS block's `trusted_origins`)."""
+
+    def __init__(self, certificate: bytes) -> None:
+        self.certificate = certificate
+        self.gets: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                aws: AwsStandIn = self.server.owner  # type: ignore[attr-defined]
+                aws.gets.append(self.path)
+                body = aws.certificate if self.path.endswith(".pem") else b"<ConfirmSubscriptionResponse/>"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(Handler)
