@@ -128,6 +128,7 @@ def create_app(config: IntakeConfig) -> FastAPI:
             "takes one alert object, a list of them, or `{\"alerts\": [...]}` in the shape below."
         ),
         lifespan=lifespan,
+        redirect_slashes=False,  # a wrong path is a 404 the sender's operator can read, not a redirect
     )
 
     @app.exception_handler(IntakeError)

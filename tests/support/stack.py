@@ -55,6 +55,17 @@ class PrefectServer:
     def start(self) -> None:
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.database}"')
+        self._launch()
+
+    def halt(self) -> None:
+        """Stop the server process, keeping its database (an outage); `resume()` starts it again."""
+        if self.process:
+            stop_group(self.process)
+
+    def resume(self) -> None:
+        self._launch()
+
+    def _launch(self) -> None:
         env = dict(os.environ) | self.env()
         env.pop("PREFECT_API_URL")
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = PG_DSN.replace("postgresql://", "postgresql+asyncpg://").rsplit(
@@ -170,3 +181,20 @@ class Intake:
     def stop(self) -> None:
         if self.process:
             stop_group(self.process)
+
+
+def register_procedures(api_url: str) -> None:
+    """Create sevflow's procedure deployments on a server without serving them: runs the
+    intake creates there stay Scheduled (open incidents), which is all an intake test needs."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.utilities.callables import parameter_schema
+
+    from sevflow.deployments import DEPLOYMENT_NAME, procedures
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        for name, flow in procedures().items():
+            flow_id = client.create_flow_from_name(name)
+            client.create_deployment(flow_id=flow_id, name=DEPLOYMENT_NAME,
+                                     parameter_openapi_schema=parameter_schema(flow.fn).model_dump_for_openapi(),
+                                     enforce_parameter_schema=True)
