@@ -30,11 +30,12 @@ def _processes_using(marker: str) -> list[int]:
 
 
 class Up:
-    def __init__(self, home: Path, port: int) -> None:
+    def __init__(self, home: Path, port: int, intake_port: int = 0) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env |= {"SEVFLOW_HOME": str(home), "SEVFLOW_APPROVERS": "alice", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sevflow", "up", "--port", str(port), "--escalation-interval", "0"],
+            [sys.executable, "-m", "sevflow", "up", "--port", str(port), "--escalation-interval", "0",
+             "--intake-port", str(intake_port)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         self.lines: list[str] = []
@@ -63,17 +64,31 @@ def _deployed(api: str) -> bool:
     return {"application-rollback", "configuration-rollback", "approval-escalation"} <= flows and "sevflow" in names
 
 
+def _intake_health(url: str) -> dict | None:
+    try:
+        health = httpx.get(f"{url}/healthz", timeout=2).json()
+    except httpx.TransportError:
+        return None
+    return health if health.get("credentials_loaded") else None
+
+
 def test_up_starts_everything_stops_everything_and_reuses_its_state(tmp_path: Path) -> None:
-    home, port = tmp_path / "state", free_port()
+    home, port, intake_port = tmp_path / "state", free_port(), free_port()
     api = f"http://127.0.0.1:{port}/api"
-    up = Up(home, port)
+    intake = f"http://127.0.0.1:{intake_port}"
+    up = Up(home, port, intake_port)
     try:
         up.wait_for("Ctrl-C stops everything")
         assert any(f"http://127.0.0.1:{port}" in line for line in up.lines)
         assert any("sevflow approve" in line for line in up.lines)
         until(lambda: _deployed(api), 120, 0.3, what="sevflow up to deploy the procedures")
         slugs = {b["slug"] for b in httpx.post(f"{api}/block_types/filter", json={}).json()}
-        assert {"sevflow-service-target", "sevflow-approval-policy"} <= slugs
+        assert {"sevflow-service-target", "sevflow-approval-policy", "sevflow-alert-source"} <= slugs
+        assert any(f"{intake}/alerts/<source>" in line for line in up.lines)
+        health = until(lambda: _intake_health(intake), 60, 0.3, what="the intake to answer")
+        assert health["rules"] == 0 and (home / "intake-rules.yaml").exists()  # an example to start from
+        refused = httpx.post(f"{intake}/alerts/generic", json={"id": "a", "summary": "b"})
+        assert refused.status_code == 401 and "create a 'sevflow Alert Source' block" in refused.json()["error"]
         # Something a person made in the UI: it must survive a restart.
         httpx.post(f"{api}/variables/", json={"name": "made_by_a_person", "value": "kept"}).raise_for_status()
         assert _processes_using(f"PREFECT_HOME={home}")

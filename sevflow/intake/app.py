@@ -34,6 +34,7 @@ from sevflow.intake.store import Store
 log = logging.getLogger("sevflow.intake")
 
 MAX_BODY = 1024 * 1024
+MAX_WAITING_ANSWERS = 4  # new incidents whose answers wait for their run at one time
 
 
 @dataclass
@@ -106,9 +107,11 @@ def create_app(config: IntakeConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = Store(config.state_dir / "alerts.db")
         deliverer = Deliverer(store, lanes=config.delivery_lanes, on_run=on_run)
-        state.update(store=store, deliverer=deliverer)
+        new_incidents: asyncio.Queue[str] = asyncio.Queue()
+        state.update(store=store, deliverer=deliverer, new_incidents=new_incidents)
         tasks = [asyncio.create_task(credentials.keep_fresh(config.credentials_refresh)),
                  asyncio.create_task(deliverer.run())]
+        tasks += [asyncio.create_task(deliverer.open_new(new_incidents)) for _ in range(4)]
         deliverer.wake.set()  # anything queued before a restart goes first
         try:
             yield
@@ -116,7 +119,7 @@ def create_app(config: IntakeConfig) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            store.close()
+            await store.aclose()
 
     app = FastAPI(
         title="sevflow alert intake",
@@ -170,7 +173,7 @@ def create_app(config: IntakeConfig) -> FastAPI:
         if auth is None:
             raise AuthenticationFailed(f"source {source!r} is not configured: create a 'sevflow Alert Source' "
                                        f"block named {source!r}")
-        headers = {k.lower(): v for k, v in request.headers.items()}
+        headers = request.headers  # case-insensitive already
         doc: Any = None
         if source == "sns":
             # The signature is inside the SNS envelope: read the envelope, check it, then the message.
@@ -197,20 +200,31 @@ def create_app(config: IntakeConfig) -> FastAPI:
         deliverer: Deliverer = state["deliverer"]
         deliverer.wake.set()
         for d in decisions:
+            if d.outcome == "started":
+                state["new_incidents"].put_nowait(d.incident_id)
+        for d in decisions:
             if d.outcome == "unmatched":
                 log.info("Unmatched %s alert %s (%s): no routing rule; stored, nothing started", source,
                          d.alert.identity, d.alert.summary)
-        waits = []
+        # A new incident's answer waits (briefly) for its run, so the sender's log links to it.
+        # Repeats and joiners answer at once: in a storm they are most of the traffic. And when
+        # many new incidents are already waiting for their runs (a storm of new incidents), the
+        # answer does not wait either: the incident id is known, the run follows from the queue.
+        waits: dict[str, asyncio.Event] = {}
         for d in decisions:
-            if d.incident_id and not d.flow_run_id and config.answer_wait > 0:
-                event = run_known.setdefault(d.incident_id, asyncio.Event())
+            if d.outcome == "started" and config.answer_wait > 0 and len(run_known) < MAX_WAITING_ANSWERS:
+                waits[d.incident_id] = run_known.setdefault(d.incident_id, asyncio.Event())
                 inc = store.incidents.get(d.incident_id)
                 if inc is not None and inc.flow_run_id:
-                    event.set()
-                waits.append(event.wait())
+                    waits[d.incident_id].set()
         if waits:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*waits), timeout=config.answer_wait)
+            try:
+                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in waits.values())), timeout=config.answer_wait)
+            except TimeoutError:
+                pass
+            finally:
+                for incident_id in waits:
+                    run_known.pop(incident_id, None)
         return JSONResponse(status_code=202, content={
             "accepted": len(decisions),
             "alerts": [_answer(store, d) for d in decisions],

@@ -28,7 +28,6 @@ from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.events import Event
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 
 from sevflow.deployments import DEPLOYMENT_NAME
@@ -55,10 +54,13 @@ class Deliverer:
         self.last_error = ""
         self._deployments: dict[str, UUID] = {}
         self._last_close = 0.0
+        self._delivered_last = 0
+        self.pass_spacing = 0.5
         self._namespace = uuid.UUID(hashlib.md5(store.store_id.encode()).hexdigest())
 
     async def run(self) -> None:
         failures = 0
+        last_busy = 0.0
         while True:
             delay = min(0.5 * 2 ** failures, 10.0) if failures else 1.0
             try:
@@ -67,9 +69,16 @@ class Deliverer:
                 pass
             if failures:  # a wake-up does not cut a backoff short; new alerts wait in the queue
                 await asyncio.sleep(max(0.0, delay - 0.01))
+            # While alerts keep coming, passes are spaced out so each carries a bigger batch
+            # (fewer round trips to Prefect). The first alert after a quiet spell goes at once;
+            # new incidents' runs never wait for a pass (see open_new).
+            await asyncio.sleep(max(0.0, last_busy + self.pass_spacing - time.monotonic()))
             self.wake.clear()
             try:
+                started = time.monotonic()
                 ok = await self.pass_once()
+                if self._delivered_last:
+                    last_busy = started
             except Exception as exc:  # the server went away between calls; keep going
                 ok = False
                 self._trouble(f"{type(exc).__name__}: {exc}")
@@ -78,15 +87,26 @@ class Deliverer:
     async def pass_once(self) -> bool:
         """Deliver what is pending; True when nothing failed."""
         rows = await self.store.pending()
+        self._delivered_last = len(rows)
         ok = True
         if rows:
             lanes: dict[str, list[Pending]] = {}
+            events: list[dict[str, Any]] = []
             for row in rows:
                 lanes.setdefault(row.incident_id or "", []).append(row)
             async with get_client() as client:
                 gate = asyncio.Semaphore(self.lanes)
-                results = await asyncio.gather(*(self._lane(client, gate, lane) for lane in lanes.values()))
-            ok = all(results)
+                results = await asyncio.gather(*(self._lane(client, gate, lane, events) for lane in lanes.values()))
+                if events:
+                    try:
+                        await self._emit(client, events)
+                    except Exception as exc:
+                        self._trouble(f"events: {type(exc).__name__}: {exc}")
+                        return False  # nothing marked delivered: records are write-once and runs idempotent
+                for done, _ in results:
+                    if done:
+                        await self.store.delivered(done)
+            ok = all(failed is False for _, failed in results)
             if ok and self.reachable is False:
                 log.warning("Prefect answers again; the queued alerts were delivered.")
             if ok:
@@ -98,31 +118,41 @@ class Deliverer:
             await self.close_finished()
         return ok
 
-    async def _lane(self, client: PrefectClient, gate: asyncio.Semaphore, rows: list[Pending]) -> bool:
+    async def open_new(self, incidents: asyncio.Queue[str]) -> None:
+        """Create the run of each new incident as soon as the intake has stored its first alert,
+        without waiting for the delivery pass: that run is what the on-call engineer (and the
+        sender's waiting answer) needs first. A failure here is left to the delivery pass."""
+        async with get_client() as client:
+            while True:
+                incident_id = await incidents.get()
+                incident = self.store.incident(incident_id)
+                if incident is None or incident.flow_run_id is not None:
+                    continue
+                first = await self.store.first_alert(incident_id)
+                if first is None:
+                    continue
+                try:
+                    await self._start_run(client, incident, first)
+                except Exception as exc:
+                    self._trouble(f"{type(exc).__name__}: {exc}", first)
+
+    async def _lane(self, client: PrefectClient, gate: asyncio.Semaphore, rows: list[Pending],
+                    events: list[dict[str, Any]]) -> tuple[list[int], bool]:
+        """Deliver one incident's alerts in order; stop at the first failure. Returns the
+        delivered alerts (to mark once the events are in) and whether one failed."""
         async with gate:
             done: list[int] = []
-            events: list[Event] = []
-            failed = False
             for row in rows:
                 try:
                     events.append(await self._deliver(client, row))
                 except Exception as exc:
                     self._trouble(f"{type(exc).__name__}: {exc}", row)
                     await self.store.failed(row.seq, f"{type(exc).__name__}: {exc}")
-                    failed = True
-                    break  # keep this incident's order: nothing after it goes first
+                    return done, True  # keep this incident's order: nothing after it goes first
                 done.append(row.seq)
-            if events:
-                try:
-                    await self._emit(client, events)
-                except Exception as exc:
-                    self._trouble(f"events: {type(exc).__name__}: {exc}")
-                    return False  # records are write-once and runs idempotent: the retry is safe
-            if done:
-                await self.store.delivered(done)
-            return not failed
+            return done, False
 
-    async def _deliver(self, client: PrefectClient, row: Pending) -> Event:
+    async def _deliver(self, client: PrefectClient, row: Pending) -> dict[str, Any]:
         assert row.incident_id is not None
         incident = self.store.incident(row.incident_id)
         if incident is None:
@@ -150,6 +180,8 @@ class Deliverer:
             tags=["sevflow", "sevflow-intake", f"incident:{incident.incident_id}", f"sev:{route.severity.number}",
                   f"service:{route.service}"],
         )
+        if incident.flow_run_id is not None:
+            return  # the other path (opener or delivery pass) got there first; the key made it one run
         await self.store.set_flow_run(incident.incident_id, str(flow_run.id))
         incident.flow_run_id = str(flow_run.id)
         log.info("Incident %s: started %s for %s (%s), flow run %s, from rule %s", incident.incident_id,
@@ -190,12 +222,14 @@ class Deliverer:
             if exc.response.status_code != 409:
                 raise
 
-    def _event(self, incident: Incident, row: Pending) -> Event:
+    def _event(self, incident: Incident, row: Pending) -> dict[str, Any]:
+        """A Prefect event as the API takes it (plain JSON: the server validates it; building
+        Prefect's Event model per alert cost more CPU than the rest of the delivery)."""
         alert = row.alert
         route = incident.route
-        return Event(
-            id=uuid.uuid5(self._namespace, str(row.seq)),
-            occurred=datetime.fromisoformat(row.received_at),
+        return dict(
+            id=str(uuid.uuid5(self._namespace, str(row.seq))),
+            occurred=row.received_at,
             event=f"sevflow.alert.{alert.status}",
             resource={
                 "prefect.resource.id": f"sevflow.incident.{incident.incident_id}",
@@ -213,10 +247,10 @@ class Deliverer:
                      "labels": alert.labels, "links": alert.links[:5], "repeat": row.repeat},
         )
 
-    async def _emit(self, client: PrefectClient, events: list[Event]) -> None:
-        for start in range(0, len(events), 200):
+    async def _emit(self, client: PrefectClient, events: list[dict[str, Any]]) -> None:
+        for start in range(0, len(events), 1000):
             response = await client._client.post(  # the events REST endpoint: a batch, acknowledged
-                "/events", json=[e.model_dump(mode="json") for e in events[start:start + 200]])
+                "/events", json=events[start:start + 1000])
             response.raise_for_status()
 
     async def close_finished(self) -> None:

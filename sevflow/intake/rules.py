@@ -26,11 +26,12 @@ severities) and raises `RulesError` naming the line. Pure: no I/O imports.
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
+import re
+from fnmatch import translate
 from typing import Any, Iterable, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from sevflow.errors import RulesError
 from sevflow.intake.alerts import SOURCES, Alert
@@ -44,6 +45,11 @@ Matcher = str | list[str]
 
 def _values(m: Matcher) -> list[str]:
     return [m] if isinstance(m, str) else m
+
+
+def _pattern(m: Matcher) -> re.Pattern[str]:
+    """One compiled regex for a value or list of globs (case-sensitive)."""
+    return re.compile("|".join(f"(?:{translate(v)})" for v in _values(m)) or "(?!)")
 
 
 class Match(BaseModel):
@@ -61,14 +67,21 @@ class Match(BaseModel):
                 raise ValueError(f"unknown source {s!r}; known: {', '.join(SOURCES)}")
         return v
 
+    _compiled: tuple[re.Pattern[str] | None, list[tuple[str, re.Pattern[str]]]] = PrivateAttr()
+
+    def model_post_init(self, context: Any) -> None:
+        self._compiled = (_pattern(self.severity) if self.severity is not None else None,
+                          [(name, _pattern(m)) for name, m in self.labels.items()])
+
     def matches(self, alert: Alert) -> bool:
         if self.source is not None and alert.source not in _values(self.source):
             return False
-        if self.severity is not None and not any(fnmatchcase(alert.severity or "", p) for p in _values(self.severity)):
+        severity, labels = self._compiled
+        if severity is not None and not severity.match(alert.severity or ""):
             return False
-        for name, wanted in self.labels.items():
+        for name, pattern in labels:
             value = alert.labels.get(name)
-            if value is None or not any(fnmatchcase(value, p) for p in _values(wanted)):
+            if value is None or not pattern.match(value):
                 return False
         return True
 

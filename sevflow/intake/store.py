@@ -2,13 +2,15 @@
 the queue of what still has to reach Prefect.
 
 One SQLite file (WAL, `synchronous=FULL`): an alert is answered `202` only after the
-transaction holding it is on disk. All writes go through one writer thread, which commits
-whatever has queued up in one transaction (group commit), so a burst of deliveries costs one
-fsync per batch, not per alert. Nothing is ever deleted: delivered alerts stay, marked.
+transaction holding it is on disk. Writes are group-committed: the jobs that queue up while a
+commit (fsync) runs in a worker thread go into the next transaction, so a burst of deliveries
+costs one fsync per batch, not per alert, and the event loop never waits on the disk. Nothing
+is ever deleted: delivered alerts stay, marked.
 
-Decisions that need to be consistent across concurrent deliveries (is this a new incident, a
-duplicate, or an alert for an open incident?) are made inside the writer, so two deliveries of
-the same alert racing each other cannot both start an incident.
+Jobs run one at a time on the event loop's thread, so decisions that must be consistent across
+concurrent deliveries (a new incident, a duplicate, or an alert for an open incident?) cannot
+race: two deliveries of one alert cannot both start an incident. (A writer thread per job was
+measured first: handing every job to a thread and back cost more CPU than the job.)
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import queue
 import sqlite3
-import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -115,12 +115,13 @@ class Pending:
 
 
 class Store:
-    """Open with `Store(path)`; every method that writes runs on the writer thread."""
+    """Open with `Store(path)` inside the event loop that will use it; writes go through `_submit`."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._jobs: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], Callable[[Any, BaseException | None], None]] | None] = queue.Queue()
+        self._queued: list[_Job] = []
+        self._flushing: asyncio.Future[None] | None = None
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -132,8 +133,6 @@ class Store:
         else:
             self.store_id = row[0]
         self._load_memory()
-        self._thread = threading.Thread(target=self._writer, name="sevflow-intake-store", daemon=True)
-        self._thread.start()
 
     def _load_memory(self) -> None:
         """Open incidents, indexed the two ways an alert can belong to one."""
@@ -157,62 +156,61 @@ class Store:
 
     # --- the writer thread ---------------------------------------------------------------
 
-    def _writer(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            batch = [job]
-            while len(batch) < 1000:
-                try:
-                    nxt = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._jobs.put(None)
-                    break
-                batch.append(nxt)
-            results: list[tuple[Any, BaseException | None]] = []
+    async def _flush(self) -> None:
+        """Run what has queued, commit it in a worker thread, settle it; again while more came."""
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                results = self._run_batch(batch)
+                if any(isinstance(r, _JobFailed) for r in results) and len(batch) > 1:
+                    # One job failed and took the transaction with it: run each on its own, so
+                    # the others are stored and only the bad one fails.
+                    self._load_memory()
+                    results = []
+                    for job in batch:
+                        one = self._run_batch([job])
+                        if not isinstance(one[0], _JobFailed):
+                            one = await self._commit(one)
+                        results += one
+                elif not any(isinstance(r, _JobFailed) for r in results):
+                    results = await self._commit(results)
+                _settle(list(zip((f for _, f in batch), results)))
+        finally:
+            self._flushing = None
+
+    def _run_batch(self, batch: list[_Job]) -> list[Any]:
+        """Run the jobs in one open transaction (committed by `_commit`)."""
+        results: list[Any] = []
+        self._db.execute("BEGIN IMMEDIATE")
+        for fn, _ in batch:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                for fn, _ in batch:
-                    self._db.execute("SAVEPOINT job")
-                    try:
-                        results.append((fn(self._db), None))
-                        self._db.execute("RELEASE job")
-                    except Exception as exc:  # one bad job fails alone; the others commit
-                        self._db.execute("ROLLBACK TO job")
-                        self._db.execute("RELEASE job")
-                        results.append((None, exc))
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:  # disk full, I/O error: nobody in this batch is stored
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                self._load_memory()  # forget what the lost batch decided
-                results = [(None, exc)] * len(batch)
-            for (_, done), (value, error) in zip(batch, results):
-                done(value, error)
+                results.append(fn(self._db))
+            except Exception as exc:
+                self._db.execute("ROLLBACK")
+                self._load_memory()
+                return [_JobFailed(exc)] * len(batch)
+        return results
+
+    async def _commit(self, results: list[Any]) -> list[Any]:
+        try:
+            await asyncio.to_thread(self._db.execute, "COMMIT")
+        except sqlite3.Error as exc:  # disk full, I/O error: nobody in this batch is stored
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._load_memory()  # forget what the lost batch decided
+            return [_JobFailed(exc)] * len(results)
+        return results
 
     async def _submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-
-        def done(value: Any, error: BaseException | None) -> None:
-            def settle() -> None:
-                if future.done():
-                    return
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(value)
-            loop.call_soon_threadsafe(settle)
-
-        self._jobs.put((fn, done))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((fn, future))
+        if self._flushing is None:
+            self._flushing = asyncio.ensure_future(self._flush())
         return await future
 
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout=10)
+    async def aclose(self) -> None:
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
         self._db.close()
 
     # --- accepting alerts -------------------------------------------------------------------
@@ -299,6 +297,13 @@ class Store:
             return [Pending(r[0], r[1], r[2], r[3], bool(r[4]), Alert.model_validate_json(r[5]), r[6]) for r in rows]
         return await self._submit(read)
 
+    async def first_alert(self, incident_id: str) -> Pending | None:
+        def read(db: sqlite3.Connection) -> Pending | None:
+            r = db.execute("SELECT seq, received_at, outcome, incident_id, repeat, alert, attempts FROM alerts "
+                           "WHERE incident_id=? ORDER BY seq LIMIT 1", (incident_id,)).fetchone()
+            return Pending(r[0], r[1], r[2], r[3], bool(r[4]), Alert.model_validate_json(r[5]), r[6]) if r else None
+        return await self._submit(read)
+
     def incident(self, incident_id: str) -> Incident | None:
         inc = self.incidents.get(incident_id)
         if inc is not None:
@@ -335,7 +340,7 @@ class Store:
                 self._forget(i)
         await self._submit(write)
 
-    # --- reading (any thread; WAL readers do not block the writer) -----------------------------
+    # --- reading (own connections; WAL readers do not block the writer) -----------------------
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         conn = sqlite3.connect(self.path, timeout=30)
@@ -352,6 +357,24 @@ class Store:
         out["accepted"] = sum(v for k, v in out.items() if k != "queued")
         out["open_incidents"] = len(self.incidents)
         return out
+
+
+_Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+
+
+@dataclass
+class _JobFailed:
+    error: BaseException
+
+
+def _settle(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, result in settled:
+        if future.done():
+            continue
+        if isinstance(result, _JobFailed):
+            future.set_exception(result.error)
+        else:
+            future.set_result(result)
 
 
 def _seen_key(alert: Alert) -> str:

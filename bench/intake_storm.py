@@ -1,0 +1,233 @@
+"""An alert storm against the intake, beside a bare endpoint that answers 202 and does nothing.
+
+    ./dev bench bench/intake_storm.py [--deliveries 10000] [--incidents 50] [--concurrency 32]
+
+On demand only (not a test). Everything on this machine, loopback only:
+
+  Prefect     the embedded default: `prefect server start` on SQLite in a temporary
+              SEVFLOW_HOME (as `sevflow up` runs it), with sevflow's procedure deployments
+              registered but not served, so every incident's run stays open for the storm
+  bare        bench.bare_endpoint under uvicorn (one process, as the intake): reads the body,
+              answers 202, does nothing
+  sevflow     `sevflow intake` (one process): bearer check, parse, route, durable SQLite store
+              (fsync per group commit), then delivery to Prefect behind the answer
+
+This process is the sender (a second process): `--deliveries` POSTs of generic alerts, as fast
+as `--concurrency` connections allow; delivery i belongs to incident i % incidents and is one of
+four distinct alerts of it. The same bodies go to both endpoints, bare first.
+
+It prints, per endpoint: accepted/s, p50 and p99 latency; for sevflow also the time until every
+accepted alert reached Prefect, the runs created (must equal --incidents), the alerts lost
+(accepted but not stored and delivered; must be 0) and the `sevflow.alert.*` events Prefect
+holds (must equal the accepted alerts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import httpx  # noqa: E402
+
+from sevflow.embedded import server_environment, start_server, stop, wait_healthy  # noqa: E402
+from tests.support.stack import free_port, register_procedures  # noqa: E402
+
+TOKEN = "storm-bearer-token-5d1e"
+RULES = """\
+rules:
+  - name: storm
+    match: {source: generic, labels: {service: "svc-*"}}
+    procedure: application-rollback
+    service_label: service
+    severity: SEV-2
+"""
+
+
+def body(i: int, incidents: int) -> bytes:
+    incident, which = i % incidents, (i // incidents) % 4
+    return json.dumps({
+        "id": f"storm-{incident}-{which}", "summary": f"svc-{incident}: symptom {which}", "group": "storm",
+        "severity": "critical", "labels": {"service": f"svc-{incident}", "which": str(which)},
+        "starts_at": "2026-11-26T12:00:00Z", "annotations": {"delivery": str(i)},
+    }).encode()
+
+
+async def storm(port: int, path: str, bodies: list[bytes], concurrency: int) -> dict[str, Any]:
+    """Keep-alive HTTP/1.1 over plain asyncio streams: a sender far cheaper than any HTTP
+    library, so the endpoints, not the sender, set the pace."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    next_i = 0
+
+    async def sender() -> None:
+        nonlocal next_i
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+                "Content-Type: application/json\r\n")
+        try:
+            while next_i < len(bodies):
+                i = next_i
+                next_i += 1
+                t = time.perf_counter()
+                writer.write(f"{head}Content-Length: {len(bodies[i])}\r\n\r\n".encode() + bodies[i])
+                status_line = await reader.readline()
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode().partition(":")
+                    if name.lower() == "content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                latencies.append(time.perf_counter() - t)
+                code = int(status_line.split()[1])
+                statuses[code] = statuses.get(code, 0) + 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(sender() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {"elapsed": elapsed, "rate": len(bodies) / elapsed, "statuses": statuses,
+            "p50": statistics.median(latencies) * 1000, "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+            "accepted": statuses.get(202, 0)}
+
+
+def count_events(client: httpx.Client) -> int:
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3 * 3600))
+    r = client.post("/events/count-by/event", json={
+        "filter": {"event": {"prefix": ["sevflow.alert."]}, "occurred": {"since": since}}, "time_unit": "hour"})
+    r.raise_for_status()
+    return sum(c["count"] for c in r.json())
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{url} exited with {process.returncode}")
+        try:
+            r = httpx.get(url, timeout=2)
+            if r.status_code == 200 and r.json().get("credentials_loaded", True):
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer in {timeout}s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--deliveries", type=int, default=10_000)
+    parser.add_argument("--incidents", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="sevflow-storm-"))
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        port = free_port()
+        api = f"http://127.0.0.1:{port}/api"
+        print(f"Prefect server on SQLite in {home} ...", flush=True)
+        server = start_server(home / "prefect", port, home / "server.log")
+        children.append(server)
+        wait_healthy(api, server)
+        env = server_environment(home / "prefect", port) | {"PREFECT_API_URL": api, "SEVFLOW_HOME": str(home)}
+        os.environ.update(PREFECT_API_URL=api)
+        register_procedures(api)
+        from pydantic import SecretStr
+
+        from sevflow.blocks import AlertSource
+        from sevflow.setup import ensure_defaults
+
+        ensure_defaults()
+        AlertSource(bearer_token=SecretStr(TOKEN)).save("generic", overwrite=True)
+
+        bare_port, intake_port = free_port(), free_port()
+        log = (home / "bare.log").open("ab")
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.bare_endpoint:app", "--host", "127.0.0.1", "--port",
+             str(bare_port), "--log-level", "warning", "--no-access-log"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        wait_http(f"http://127.0.0.1:{bare_port}/healthz", children[-1])
+        (home / "rules.yaml").write_text(RULES)
+        log = (home / "intake.log").open("ab")
+        children.append(subprocess.Popen(
+            [sys.executable, *(["-m", "cProfile", "-o", os.environ["SEVFLOW_BENCH_PROFILE"]]
+                               if os.environ.get("SEVFLOW_BENCH_PROFILE") else []),
+             "-m", "sevflow", "intake", "--port", str(intake_port), "--rules", str(home / "rules.yaml"),
+             "--state", str(home / "intake")],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        intake = children[-1]
+        wait_http(f"http://127.0.0.1:{intake_port}/healthz", intake)
+
+        bodies = [body(i, args.incidents) for i in range(args.deliveries)]
+        print(f"{args.deliveries} deliveries, {args.incidents} incidents, {args.concurrency} connections, "
+              f"from this process (pid {os.getpid()})", flush=True)
+        bare = asyncio.run(storm(bare_port, "/alerts/generic", bodies, args.concurrency))
+        ours = asyncio.run(storm(intake_port, "/alerts/generic", bodies, args.concurrency))
+        answered = time.monotonic()
+        deadline = answered + float(os.environ.get("SEVFLOW_BENCH_DRAIN_TIMEOUT", "900"))
+        while time.monotonic() < deadline:
+            health = httpx.get(f"http://127.0.0.1:{intake_port}/healthz", timeout=10).json()
+            if health["queued"] == 0:
+                break
+            time.sleep(0.5)
+        drained = time.monotonic() - answered
+
+        db = sqlite3.connect(home / "intake" / "alerts.db")
+        stored_delivered = db.execute("SELECT count(*) FROM alerts WHERE delivered_at IS NOT NULL").fetchone()[0]
+        stored = db.execute("SELECT count(*) FROM alerts").fetchone()[0]
+        with httpx.Client(base_url=api, timeout=30) as client:
+            runs = client.post("/flow_runs/count", json={"flow_runs": {"tags": {"all_": ["sevflow-intake"]}}}).json()
+            # Prefect writes received events to its database in the background: wait for it.
+            events, settle = -1, time.monotonic() + 120
+            while time.monotonic() < settle:
+                events = count_events(client)
+                if events >= ours["accepted"]:
+                    break
+                time.sleep(1)
+        lost = ours["accepted"] - stored_delivered
+
+        print()
+        print(f"{'':28}{'bare 202 endpoint':>20}{'sevflow intake':>18}")
+        print(f"{'accepted/s':28}{bare['rate']:>20.0f}{ours['rate']:>18.0f}")
+        print(f"{'p50 latency (ms)':28}{bare['p50']:>20.1f}{ours['p50']:>18.1f}")
+        print(f"{'p99 latency (ms)':28}{bare['p99']:>20.1f}{ours['p99']:>18.1f}")
+        print(f"{'answers':28}{str(bare['statuses']):>20}{str(ours['statuses']):>18}")
+        print()
+        print(f"ratio sevflow / bare (accepted/s): {ours['rate'] / bare['rate']:.2f}  (goal: >= 0.50)")
+        print(f"stored: {stored}; reached Prefect {drained:.1f} s after the last answer")
+        print(f"runs created: {runs} (must be {args.incidents})")
+        print(f"alerts lost: {lost} (must be 0)")
+        print(f"sevflow.alert.* events in Prefect: {events} (accepted: {ours['accepted']})")
+        ok = runs == args.incidents and lost == 0 and events == ours["accepted"]
+        print("RESULT:", "ok" if ok else "NOT OK")
+        if not ok:
+            sys.exit(1)
+    finally:
+        for child in reversed(children):
+            stop(child)
+        if args.keep:
+            print(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
