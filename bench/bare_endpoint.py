@@ -15,6 +15,7 @@ async def healthz() -> dict[str, str]:
 
 
 @app.post("/alerts/{source}")
-async def receive(source: str, request: Request) -> JSONResponse:
+async def receive(request: Request) -> JSONResponse:
+    request.path_params["source"]  # read as the intake reads it (not through FastAPI's parameters)
     await request.body()
     return JSONResponse({"accepted": 1}, status_code=202)

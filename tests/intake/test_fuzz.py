@@ -48,7 +48,7 @@ def mutated_fixture(draw: st.DrawFn) -> bytes:
 
 bodies = st.one_of(st.binary(max_size=300), json_values.map(lambda v: json.dumps(v).encode()), mutated_fixture())
 header_names = st.sampled_from(["Authorization", "X-PagerDuty-Signature", "X-Grafana-Alerting-Signature",
-                                "Content-Type", "Content-Length", "X-Grafana-Alerting-Timestamp", "X-Anything"])
+                                "Content-Type", "X-Grafana-Alerting-Timestamp", "X-Anything"])
 header_values = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60).map(str.strip)
 
 
@@ -58,12 +58,8 @@ header_values = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_
        headers=st.dictionaries(header_names, header_values, max_size=3), good_token=st.booleans())
 def test_no_input_gets_a_500(intake: Intake, source: str, body: bytes, headers: dict[str, str],
                              good_token: bool) -> None:
-    headers = {k: v for k, v in headers.items() if k != "Content-Length" or v.isdigit()}
     if good_token and source in TOKENS:
         headers["Authorization"] = f"Bearer {TOKENS[source]}"  # past auth: the parsers get the body
-    try:
-        r = httpx.post(f"{intake.url}/alerts/{source}", content=body, headers=headers, timeout=15)
-    except httpx.RemoteProtocolError:
-        return  # a Content-Length that lies about the body: the connection is refused, not answered 500
+    r = httpx.post(f"{intake.url}/alerts/{source}", content=body, headers=headers, timeout=15)
     assert r.status_code in ALLOWED, (r.status_code, r.text)
     assert r.status_code < 500
