@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
+
+if TYPE_CHECKING:
+    from sevflow.intake.auth import SourceAuth
 
 
 class AlertSource(Block):
@@ -38,7 +43,7 @@ class AlertSource(Block):
     allow_unauthenticated: bool = Field(
         default=False, description="Accept deliveries with no check at all. Only on a network you trust.")
 
-    def get_auth(self, source: str, block: str):  # -> SourceAuth (import kept local: blocks load light)
+    def get_auth(self, source: str, block: str) -> SourceAuth:
         """The checks for this source, with the secrets unwrapped: the only place they are."""
         from sevflow.intake.auth import SourceAuth
 
