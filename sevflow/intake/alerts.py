@@ -10,6 +10,7 @@ Identity keys (what dedup is by) are prefixed with the source, so two senders ne
 | source | identity | group | episode (one firing of the identity) |
 |---|---|---|---|
 | alertmanager, grafana | `fingerprint` (older senders: hash of the labels) | `groupKey` | `startsAt` |
+| grafana legacy alerting | org and rule id | dashboard id | - |
 | pagerduty | incident id | PagerDuty service id | incident id |
 | datadog | `alert_cycle_key`, else `alert_id`, else `aggreg_key`, else `id` | `alert_id` | the identity |
 | opsgenie | `alias`, else `alertId` | `entity` | `alertId` |
@@ -153,6 +154,8 @@ def _first_error(exc: ValidationError) -> str:
 
 def _alertmanager_like(source: str, doc: Any) -> list[Alert]:
     doc = _obj(doc, "the payload")
+    if source == "grafana" and "alerts" not in doc and ("ruleId" in doc or "ruleName" in doc):
+        return [_grafana_legacy(doc)]
     entries = doc.get("alerts")
     if not isinstance(entries, list) or not entries:
         raise PayloadError(f"a {source} notification has a non-empty list `alerts`")
@@ -190,6 +193,31 @@ def _alertmanager_like(source: str, doc: Any) -> list[Alert]:
             raw=entry,
         ))
     return out
+
+
+def _grafana_legacy(doc: dict[str, Any]) -> Alert:
+    """Grafana's legacy (dashboard) alerting webhook, before unified alerting: one rule, no
+    `alerts` list, no fingerprint; `state` is alerting / ok / no_data / paused / pending."""
+    rule = _text(doc.get("ruleId")) or _text(doc.get("ruleName"))
+    state = _text(doc.get("state")).lower()
+    labels = _strings(doc.get("tags"), "tags")
+    labels.setdefault("alertname", _text(doc.get("ruleName")) or rule)
+    return Alert(
+        source="grafana",
+        identity=f"grafana:legacy-{doc.get('orgId', '')}-{rule}",
+        group_key=f"grafana:legacy-{doc.get('dashboardId', '')}",
+        episode="",
+        status="resolved" if state == "ok" else "firing",
+        opens=state == "alerting",
+        event=state,
+        service=labels.get("service"),
+        severity=labels.get("severity"),
+        summary=_text(doc.get("title")) or _text(doc.get("message")) or labels["alertname"],
+        labels=labels,
+        annotations={"message": _text(doc.get("message"))} if doc.get("message") else {},
+        links=[link for link in (_text(doc.get("ruleUrl")),) if link],
+        raw=doc,
+    )
 
 
 # --- PagerDuty (V3 webhooks; V2 `messages` from older subscriptions) ----------------------

@@ -57,6 +57,19 @@ def test_grafana_grouped_fixture() -> None:
     assert "https://play.grafana.org/alerting/1afz29v7z/edit" in alerts[0].links
 
 
+def test_grafana_legacy_dashboard_alerting() -> None:
+    legacy = {"dashboardId": 1, "evalMatches": [{"value": 100, "metric": "High value", "tags": None}],
+              "imageUrl": "https://grafana.com/assets/img/blog/mixed_styles.png", "message": "Notification Message",
+              "orgId": 1, "panelId": 2, "ruleId": 1, "ruleName": "Panel Title",
+              "ruleUrl": "http://localhost:3000/d/hZ7BuVbWz/test-dashboard?fullscreen&edit&tab=alert&panelId=2&orgId=1",
+              "state": "alerting", "tags": {"tag name": "tag value"}, "title": "[Alerting] Panel Title"}
+    a = one("grafana", legacy)
+    assert (a.identity, a.status, a.opens, a.summary) == ("grafana:legacy-1-1", "firing", True, "[Alerting] Panel Title")
+    assert a.labels == {"tag name": "tag value", "alertname": "Panel Title"} and a.links[0].startswith("http://localhost")
+    assert one("grafana", dict(legacy, state="ok")).status == "resolved"
+    assert one("grafana", dict(legacy, state="no_data")).opens is False
+
+
 def test_pagerduty_v3_fixture_and_its_other_events() -> None:
     a = one("pagerduty", fixture("pagerduty-v3-incident-triggered.json"))
     assert (a.identity, a.group_key, a.status, a.opens) == ("pagerduty:Q2CKYRLH85UNN4", "pagerduty:PNE3JZM",
