@@ -64,11 +64,15 @@ def read_record(flow_run_id: str | UUID, key: str) -> Any | None:
 
 def read_records(flow_run_id: str | UUID, prefix: str = RECORD_PREFIX) -> dict[str, Any]:
     """Every record on the run whose key starts with `prefix`, by key."""
+    out: dict[str, Any] = {}
     with get_client(sync_client=True) as client:
-        found = client.filter_flow_run_input(
-            flow_run_id=UUID(str(flow_run_id)), key_prefix=prefix, limit=200, exclude_keys=set()
-        )
-    return {item.key: item.decoded_value for item in found}
+        while True:  # the API pages by "keys not yet read" (an alert storm can leave thousands)
+            found = client.filter_flow_run_input(
+                flow_run_id=UUID(str(flow_run_id)), key_prefix=prefix, limit=200, exclude_keys=set(out)
+            )
+            out.update({item.key: item.decoded_value for item in found})
+            if len(found) < 200:
+                return out
 
 
 def record_timeline(incident: IncidentContext, key: str, entry: TimelineEntry) -> bool:
