@@ -102,6 +102,23 @@ def stop(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
         process.wait()
 
 
+def stop_all(processes: list[subprocess.Popen[bytes]], grace: float = 15.0) -> None:
+    """Stop children together: SIGTERM to all, one shared grace period, then SIGKILL."""
+    running = [p for p in processes if p.poll() is None]
+    for process in running:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    for process in running:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -160,5 +177,6 @@ def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, int
         echo("\nStopping ...")
         return 0
     finally:
-        for child in reversed(children):
-            stop(child)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave children behind
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_all(children)

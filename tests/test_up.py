@@ -55,7 +55,14 @@ class Up:
 
     def ctrl_c(self) -> int:
         os.killpg(self.process.pid, signal.SIGINT)
-        return self.process.wait(60)
+        try:
+            return self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            left = subprocess.run(["ps", "-eo", "pid,pgid,stat,etimes,args"], capture_output=True, text=True).stdout
+            self.process.kill()
+            raise AssertionError("sevflow up did not stop within 60 s of Ctrl-C.\n" + "".join(self.lines)
+                                 + "\nprocesses:\n" + "\n".join(l for l in left.splitlines() if "sevflow" in l
+                                                                 or "prefect" in l)) from None
 
 
 def _deployed(api: str) -> bool:

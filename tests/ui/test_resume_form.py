@@ -87,7 +87,8 @@ class NewUI:
     def open_resume(self, page: Any) -> Any:
         page.get_by_role("button", name="Open menu").first.click()
         page.get_by_role("menuitem", name="Resume").click()
-        return page.get_by_role("dialog")
+        # by name: the page also holds closed popovers that carry the role "dialog"
+        return page.get_by_role("dialog", name="Resume Flow Run")
 
     def decision_shown(self, dialog: Any) -> Any:
         return dialog.get_by_role("button", name="Select Decision")
