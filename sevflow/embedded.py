@@ -127,8 +127,11 @@ def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, int
        echo=print) -> int:
     home = state_home()
     home.mkdir(parents=True, exist_ok=True)
-    # `kill` or a service manager stops it like Ctrl-C does: children first.
+    # `kill` or a service manager stops it like Ctrl-C does: children first. SIGINT gets the
+    # handler explicitly: a process started in the background by a non-interactive shell
+    # inherits SIGINT *ignored*, and Python then never raises KeyboardInterrupt (found in CI).
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     children: list[subprocess.Popen[bytes]] = []
     api_url = os.environ.get("PREFECT_API_URL")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -33,6 +34,7 @@ class Up:
     def __init__(self, home: Path, port: int, intake_port: int = 0) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env |= {"SEVFLOW_HOME": str(home), "SEVFLOW_APPROVERS": "alice", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        self.marker = f"SEVFLOW_HOME={home}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sevflow", "up", "--port", str(port), "--escalation-interval", "0",
              "--intake-port", str(intake_port)],
@@ -58,8 +60,12 @@ class Up:
         try:
             return self.process.wait(60)
         except subprocess.TimeoutExpired:
-            left = subprocess.run(["ps", "-eo", "pid,pgid,stat,etimes,args"], capture_output=True, text=True).stdout
+            left = subprocess.run(["ps", "-eww", "-o", "pid,pgid,stat,etimes,args"], capture_output=True,
+                                  text=True).stdout
             self.process.kill()
+            for pid in _processes_using(self.marker):  # leave nothing running for the next tests
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             raise AssertionError("sevflow up did not stop within 60 s of Ctrl-C.\n" + "".join(self.lines)
                                  + "\nprocesses:\n" + "\n".join(l for l in left.splitlines() if "sevflow" in l
                                                                  or "prefect" in l)) from None
