@@ -85,7 +85,23 @@ class PrefectServer:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
 
-class Worker:
+class _Child:
+    """A sevflow process in its own process group."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def kill_9(self) -> None:
+        """kill -9 it and everything it started, as a crashed host would."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process:
+            stop_group(self.process)
+
+
+class Worker(_Child):
     """`sevflow serve` in its own process group, as on an operator's host."""
 
     def __init__(self, env: dict[str, str], log_path: Path, limit: int = 20) -> None:
@@ -116,18 +132,8 @@ class Worker:
             time.sleep(0.3)
         raise RuntimeError(f"sevflow serve did not register its deployments: see {self.log_path}")
 
-    def kill_9(self) -> None:
-        """kill -9 the worker and everything it started, as a crashed host would."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
 
-    def stop(self) -> None:
-        if self.process:
-            stop_group(self.process)
-
-
-class Intake:
+class Intake(_Child):
     """`sevflow intake` in its own process group, with its own rules file and store."""
 
     def __init__(self, env: dict[str, str], root: Path, rules: str, answer_wait: float = 3.0) -> None:
@@ -156,31 +162,23 @@ class Intake:
             self.wait_ready()
 
     def wait_ready(self, timeout: float = 60.0, credentials: bool = True) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Until /healthz answers (with the senders' credentials loaded, unless told otherwise)."""
+        from tests.support.wait import until
+
+        def ready() -> dict | None:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"sevflow intake exited ({self.process.returncode}): {self.log_path.read_text()[-3000:]}")
             try:
                 health = httpx.get(f"{self.url}/healthz", timeout=2).json()
-                if health.get("credentials_loaded") or not credentials:
-                    return health
             except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"sevflow intake did not become ready: see {self.log_path}")
+                return None
+            return health if health.get("credentials_loaded") or not credentials else None
+
+        return until(ready, timeout=timeout, what=f"sevflow intake to be ready (log: {self.log_path})")
 
     def health(self) -> dict:
         return httpx.get(f"{self.url}/healthz", timeout=5).json()
-
-    def kill_9(self) -> None:
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process:
-            stop_group(self.process)
 
 
 def register_procedures(api_url: str) -> None:
