@@ -9,6 +9,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from sevflow.errors import UnknownServiceError
+from sevflow.models import ServiceSpec
 
 
 class ServiceTarget(Block):
@@ -87,6 +88,17 @@ class ServiceTarget(Block):
         if self.health_check_token is None:
             return {}
         return {"Authorization": f"Bearer {self.health_check_token.get_secret_value()}"}
+
+    def spec(self, block_name: str | None = None) -> ServiceSpec:
+        """Every field but the secret values (their names only): what a plan is made from."""
+        fields = self.model_dump(mode="json", exclude={"command_secrets", "health_check_token"})
+        fields = {k: v for k, v in fields.items() if k in ServiceSpec.model_fields}
+        return ServiceSpec(
+            **fields,
+            block=block_name or getattr(self, "_block_document_name", None) or self.service,
+            secret_env=sorted(self.command_secrets),
+            health_check_token=self.health_check_token is not None,
+        )
 
     @classmethod
     def for_service(cls, name: str) -> ServiceTarget:

@@ -9,17 +9,14 @@
 # parameters from the flow's annotations, which must be real types, not strings.
 
 from prefect import flow
-from prefect.states import Completed, Failed, State
+from prefect.states import Failed, State
 from pydantic import BaseModel
 
 from sevflow import plans
-from sevflow.blocks.service import ServiceTarget
 from sevflow.errors import ConfigurationError, PreflightError
-from sevflow.flows.outcomes import gate_closed
-from sevflow.gate import require_approval
-from sevflow.incident import open_incident, publish_records
-from sevflow.models import Severity
-from sevflow.tasks.git import config_diff, config_history, inspect_repository, resolve_version, restore_config_file
+from sevflow.kit import NothingToDo, Plan, Procedure, ProcedureEnd, Severity, begin, publish_records, read_service_target, run
+from sevflow.models import ServiceSpec
+from sevflow.tasks.git import config_diff, config_history, resolve_version, restore_config_file
 from sevflow.tasks.host import missing_commands, reload_configuration
 from sevflow.tasks.http import verify_health
 from sevflow.versions import previous_config_version
@@ -34,6 +31,7 @@ class ConfigRollbackReport(BaseModel):
     restored_from: str
     new_head: str
     healthy: bool
+    plan_digest: str
 
 
 @flow(name=PROCEDURE, persist_result=True, log_prints=False)
@@ -45,61 +43,78 @@ def configuration_rollback(
     incident_id: str | None = None,
     reason: str = "",
     policy: str = "default",
+    dry_run: bool = False,
 ) -> ConfigRollbackReport | State:
     """Restore a configuration file from an earlier commit, after approval.
 
-    Shows the file's history and the diff, waits for approval, commits the earlier content
-    as a new commit (only that file), runs the reload command and verifies health.
-    `config_file` defaults to the block's only config file; `commit` to the version before
-    the file's last change. Needs a `sevflow Service Target` block named `service`.
+    Shows the file's history and the diff, waits for approval of that exact plan, commits
+    the earlier content as a new commit (only that file), runs the reload command and
+    verifies health.
+
+    Args:
+        service: Name of the `sevflow Service Target` block of the service.
+        config_file: The file to restore (a path its block lists); empty if the block lists one.
+        commit: Commit to restore it from; empty for the version before the file's last change.
+        severity: SEV-1 critical (production down) · SEV-2 major · SEV-3 minor · SEV-4 low.
+        incident_id: The incident this run works on; empty to open a new one.
+        reason: Why, in a sentence: recorded on the timeline.
+        policy: The `sevflow Approval Policy` block that decides who may approve.
+        dry_run: Show the plan the gate would ask about and change nothing.
     """
-    target = ServiceTarget.for_service(service)  # an unknown service stops here, before anything
-    incident = open_incident(PROCEDURE, service, severity, incident_id, reason)
-    path = _config_file(target, config_file)
-    if missing_commands(target, ["reload"]) or not target.health_check_urls:
-        raise ConfigurationError(
-            f"Service target {service!r} needs reload_command and health_check_urls for a configuration rollback."
-        )
+    read_service_target(service)  # an unknown service stops here, before anything
+    ctx = begin(PROCEDURE, service, severity, incident_id, reason, policy, dry_run)
+    return run(ctx, roll_back_configuration, service, config_file, commit)
 
-    # 1. Config history, the version to restore, and the diff (read-only).
-    running = inspect_repository(target)
-    history = config_history(target, path)
-    source = resolve_version(target, commit) if commit else previous_config_version(history)
-    if source is None:
-        raise PreflightError(f"{path} has only one version in {target.branch}: there is nothing earlier to restore.")
-    diff = config_diff(target, path, source.sha)
-    if diff.identical:
-        publish_records(incident, "nothing to do", [f"{path} already equals its content at {source.short}."], [])
-        return Completed(name="NothingToRollBack", message=f"{path} already matches {source.short}")
 
-    # 2. Ask for approval.
-    change = plans.configuration_rollback_change(service, target.repository, target.branch, diff, source,
-                                                 target.reload_command)
-    decision = require_approval(incident, change, gate="config", policy=policy)
-    if not decision.approved:
-        return gate_closed(incident, decision, change.title)
+def roll_back_configuration(
+    ctx: Procedure, service: str, config_file: str | None = None, commit: str | None = None,
+) -> ConfigRollbackReport:
+    """The runbook's Configuration Rollback, in the caller's run."""
+    # 1. Config history, the version to restore and the diff; 2. approval of exactly that.
+    plan = ctx.approve(lambda reading: plan_restore(service, config_file, commit, reading, ctx.run_key),
+                       gate="config")
 
-    # 3. Restore the file as a new commit, reload, verify.
-    restored = restore_config_file(target, path, source.sha, running.head_sha, incident.flow_run_id)
-    reload_configuration(target, phase="config")
-    health = verify_health(target, phase="config")
-    summary = (f"Restored {path} from {source.short} (new commit {restored.new_head[:12]}), "
-               f"reloaded {service}; health checks {'pass' if health.ok else 'FAIL'}.")
+    # 3. Restore the file as a new commit, reload, verify: every input from the approved plan.
+    restore = plan.operation("git-restore")
+    restored = restore_config_file(restore)
+    reload_configuration(plan.operation("reload"), phase=plan.digest)
+    health = verify_health(plan.verify, phase=plan.digest)
+    summary = (f"Restored {restore.path} from {restore.source_sha[:12]} (new commit {restored.new_head[:12]}, "
+               f"plan {plan.digest[:12]}), reloaded {service}; health checks {'pass' if health.ok else 'FAIL'}.")
     if not health.ok:
-        publish_records(incident, "verification failed", [summary], ["Immediate fix applied"])
-        return Failed(name="VerificationFailed", message=summary + " Run configuration-rollback with "
-                      f"commit={running.head_sha[:12]} to return.")
-    publish_records(incident, "resolved", [summary], ["Immediate fix applied", "System verified working"])
-    return ConfigRollbackReport(incident_id=incident.incident_id, service=service, path=path,
-                                restored_from=source.sha, new_head=restored.new_head, healthy=True)
+        raise ProcedureEnd("verification failed", summary + " Run configuration-rollback with "
+                           f"commit={restore.expected_head[:12]} to return.", [summary], Failed,
+                           "VerificationFailed", proven=["Immediate fix applied"])
+    publish_records(ctx.incident, "resolved", [summary], ["Immediate fix applied", "System verified working"])
+    return ConfigRollbackReport(incident_id=ctx.incident.incident_id, service=service, path=restore.path or "",
+                                restored_from=restore.source_sha, new_head=restored.new_head, healthy=True,
+                                plan_digest=plan.digest)
 
 
-def _config_file(target: ServiceTarget, requested: str | None) -> str:
+def plan_restore(service: str, config_file: str | None, commit: str | None, reading: str, run_key: str) -> Plan:
+    """Gather the facts (read-only) and decide the exact restore."""
+    spec = read_service_target(service, reading)
+    path = _config_file(spec, config_file)
+    if missing_commands(spec, ["reload"]) or not spec.health_check_urls:
+        raise ConfigurationError(
+            f"Service target {spec.block!r} needs reload_command and health_check_urls for a configuration rollback."
+        )
+    history = config_history(spec, path)
+    source = resolve_version(spec, commit) if commit else previous_config_version(history)
+    if source is None:
+        raise PreflightError(f"{path} has only one version in {spec.branch}: there is nothing earlier to restore.")
+    diff = config_diff(spec, path, source.sha)
+    if diff.identical:
+        raise NothingToDo(f"{path} already equals its content at {source.short}.")
+    return plans.configuration_rollback_plan(spec, diff, source, run_key)
+
+
+def _config_file(spec: ServiceSpec, requested: str | None) -> str:
     if requested:
         return requested  # config_history refuses a file the block does not list
-    if len(target.config_files) == 1:
-        return target.config_files[0]
+    if len(spec.config_files) == 1:
+        return spec.config_files[0]
     raise ConfigurationError(
-        f"Name the config file to restore (config_file=...): {target.service!r} lists "
-        f"{', '.join(target.config_files) or 'none (set config_files in its block)'}."
+        f"Name the config file to restore (config_file=...): {spec.block!r} lists "
+        f"{', '.join(spec.config_files) or 'none (set config_files in its block)'}."
     )

@@ -98,6 +98,51 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
+def _procedure_params(procedure: str, pairs: list[str]) -> dict[str, Any]:
+    """The procedure's parameters from `key=value` pairs, or a clear error (exit 2)."""
+    from sevflow.deployments import procedures
+
+    flows = procedures()
+    if procedure not in flows:
+        _fail(f"unknown procedure {procedure!r}; known: {', '.join(sorted(flows))}")
+    params = _parse_params(pairs)
+    signature = inspect.signature(flows[procedure].fn)
+    unknown = sorted(set(params) - set(signature.parameters))
+    if unknown:
+        _fail(f"{procedure} has no parameter {', '.join(unknown)}; it takes: {', '.join(signature.parameters)}")
+    missing = [n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty and n not in params]
+    if missing:
+        _fail(f"{procedure} needs --param {' --param '.join(m + '=...' for m in missing)}")
+    return params
+
+
+@app.command()
+def plan(
+    procedure: str = typer.Argument(..., help="e.g. application-rollback"),
+    param: list[str] = typer.Option([], "--param", "-p", help="key=value, repeatable"),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Dry run: gather the facts here (read-only) and print the exact plan, with its digest, that
+    the procedure's first gate would ask for. Changes nothing."""
+    from sevflow.deployments import procedures
+
+    params = _procedure_params(procedure, param) | {"dry_run": True}
+    state = procedures()[procedure](**params, return_state=True)
+    if state.name == "DryRun":
+        shown = state.result()
+        if as_json:
+            out.print_json(data=shown)
+        else:
+            out.print(shown["text"], markup=False, highlight=False)
+            out.print(f"\nGate {shown['gate']!r} would ask about plan {shown['digest']}.", highlight=False)
+            out.print("Nothing was asked for and nothing was changed.")
+        return
+    if state.is_completed():
+        out.print(state.message or state.name, markup=False)
+        return
+    _fail(f"{procedure} could not make a plan ({state.name}): {state.message}", code=1)
+
+
 @app.command()
 def run(
     procedure: str = typer.Argument(..., help="e.g. application-rollback"),
@@ -106,20 +151,10 @@ def run(
     """Start a procedure's run on the served deployment and print its link."""
     from prefect.deployments import run_deployment
 
-    from sevflow.deployments import DEPLOYMENT_NAME, procedures
+    from sevflow.deployments import DEPLOYMENT_NAME
     from sevflow.tasks.orchestrator import run_url
 
-    flows = procedures()
-    if procedure not in flows:
-        _fail(f"unknown procedure {procedure!r}; known: {', '.join(sorted(flows))}")
-    params = _parse_params(param)
-    signature = inspect.signature(flows[procedure].fn)
-    unknown = sorted(set(params) - set(signature.parameters))
-    if unknown:
-        _fail(f"{procedure} has no parameter {', '.join(unknown)}; it takes: {', '.join(signature.parameters)}")
-    missing = [n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty and n not in params]
-    if missing:
-        _fail(f"{procedure} needs --param {' --param '.join(m + '=...' for m in missing)}")
+    params = _procedure_params(procedure, param)
     try:
         flow_run = run_deployment(f"{procedure}/{DEPLOYMENT_NAME}", parameters=params, timeout=0)
     except Exception as exc:  # the server's words are the useful part
@@ -133,19 +168,22 @@ def run(
 def pending() -> None:
     """List runs waiting at an approval gate."""
     from sevflow.gate import waiting_gates
+    from sevflow.models import RECORD_PREFIX
     from sevflow.tasks.orchestrator import read_records
 
     gates = waiting_gates()
     if not gates:
         out.print("No run is waiting for approval.")
         return
-    table = Table("flow run", "incident", "sev", "proposed change", "waiting since (UTC)", "who may answer", "approved by")
+    table = Table("flow run", "incident", "sev", "proposed change", "plan digest", "waiting since (UTC)",
+                  "who may answer", "approved by")
     for run, request in gates:
-        answers = read_records(run.id, f"sevflow-record-{request.gate}-")
+        answers = read_records(run.id, f"{RECORD_PREFIX}{request.gate}-")
         approved = sorted({v.get("actor", "") for v in answers.values()
                            if isinstance(v, dict) and v.get("details", {}).get("verdict") == "counted"})
         table.add_row(
-            str(run.id), request.incident.incident_id, request.incident.severity.value, request.change.title,
+            str(run.id), request.incident.incident_id, request.incident.severity.value, request.plan.title,
+            request.digest[:12],
             request.opened_at.strftime("%Y-%m-%d %H:%M:%S"),
             f"{', '.join(request.approvers)} ({request.required_approvals} needed)", ", ".join(approved) or "-",
         )

@@ -4,7 +4,9 @@
     ├── ConfigurationError     a block, policy or parameter is missing or wrong
     │   └── UnknownServiceError    no service target block with that name
     ├── PreflightError         a check before any change failed (dirty tree, bad ref,
-    │                          missing repository, missing file); nothing was changed
+    │   │                      missing repository, missing file); nothing was changed
+    │   └── DriftError             what the approved plan assumed no longer holds (HEAD
+    │                              moved, block edited); nothing was changed
     ├── CommandFailed          a build, deploy or reload command exited non-zero
     ├── VerificationFailed     health checks did not pass inside their time budget
     ├── ApprovalError          the gate could not be asked or answered
@@ -34,6 +36,10 @@ class UnknownServiceError(ConfigurationError):
 
 class PreflightError(SevflowError):
     """A check made before any change failed; nothing has been changed."""
+
+
+class DriftError(PreflightError):
+    """A precondition of the approved plan no longer holds; the step changed nothing."""
 
 
 class CommandFailed(SevflowError):

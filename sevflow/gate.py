@@ -15,11 +15,17 @@ Policy. Who may answer, and how many distinct approvers are needed, come from th
 policy block when the gate opens. An answer from anyone else is recorded and ignored and the
 gate waits again; one allowed rejection closes it.
 
+Plans. A gate asks about one exact plan (:class:`sevflow.models.Plan`); its digest is in the
+form (a prefilled field), in `sevflow pending` and in the notification, and every answer
+carries the digest it was given for. An answer for another digest is recorded and ignored.
+The approved plan, as stored when the gate opened, is what the procedure then carries out.
+
 Escalation. Not built on pause timeouts (a timed-out pause fails the run). The scheduled
 `approval-escalation` flow (:func:`escalate_waiting_gates`) notifies the next tier when a
-tier's wait passes and, after the last, answers the gate itself with `expired`, a value the
-Resume form's schema does not offer to people; the run then ends, unchanged, in the state
-`AwaitingHumanDecision`.
+tier's wait passes and, after the last, answers the gate itself through the same resume
+call people use (never forcing a state, so it cannot race a person's answer), as a rejection
+by `sevflow escalation`. The flow counts that as an expiry only once the escalation schedule
+has really run out; the run then ends, unchanged, in the state `AwaitingHumanDecision`.
 
 Records. Each request, answer, ignored answer and escalation is a Prefect event on the
 resource `sevflow.incident.<id>` and a durable timeline record on the run.
@@ -45,18 +51,22 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput
-from prefect.states import Scheduled
 from pydantic import Field
 
 from sevflow.errors import ApprovalError, ConfigurationError
+from sevflow import markdown as md
 from sevflow.models import (
+    RECORD_PREFIX,
     AnswerVerdict,
     GateAnswer,
     GateRequest,
     GateResult,
     IncidentContext,
-    ProposedChange,
+    Plan,
     TimelineEntry,
+    gate_answer_key,
+    gate_expired_key,
+    gate_request_key,
     utcnow,
 )
 from sevflow.policy import (
@@ -69,7 +79,6 @@ from sevflow.policy import (
 from sevflow.tasks import notify
 from sevflow.tasks.common import step
 from sevflow.tasks.orchestrator import (
-    RECORD_PREFIX,
     emit_incident_event,
     read_record,
     read_records,
@@ -84,23 +93,22 @@ _GATE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 class ApprovalInput(RunInput):
     """The Resume form. `decision` has no default: the approver must choose."""
 
-    decision: Literal["approve", "reject", "expired"] = Field(
+    decision: Literal["approve", "reject"] = Field(
         title="Decision",
         description="Approve to make the change above; reject to leave production as it is.",
-        # People are offered approve and reject only; the server validates resumes against
-        # this schema, so `expired` can be given only by the escalation watcher.
         json_schema_extra={"enum": ["approve", "reject"]},
     )
     approver: str = Field(title="Your name", min_length=1, description="As the approval policy lists you.")
     reason: str = Field(title="Reason", min_length=1, description="Why: recorded in the timeline and post-mortem.")
+    plan_digest: str = Field(
+        title="Plan digest", min_length=1,
+        description="The plan you are answering for (filled in; it must match the plan shown above, "
+        "or the answer is recorded and ignored).",
+    )
 
 
-def request_key(gate: str) -> str:
-    return f"sevflow-gate-{gate}-request"
-
-
-def answer_key(gate: str, n: int) -> str:
-    return f"{gate}-answer-{n}"
+request_key = gate_request_key
+answer_key = gate_answer_key
 
 
 def gate_of_pause_key(pause_key: str | None) -> str | None:
@@ -113,7 +121,7 @@ def gate_of_pause_key(pause_key: str | None) -> str | None:
 
 
 @step("ask for approval", timeline=False)
-def open_gate(incident: IncidentContext, gate: str, change: ProposedChange, policy_name: str) -> GateRequest:
+def open_gate(incident: IncidentContext, gate: str, plan: Plan, policy_name: str) -> GateRequest:
     """Resolve who may approve from the policy, store the request with the run, tell the
     first escalation tier, and emit `sevflow.approval.requested`."""
     from sevflow.blocks.policy import ApprovalPolicy
@@ -126,20 +134,29 @@ def open_gate(incident: IncidentContext, gate: str, change: ProposedChange, poli
             "or start `sevflow up` once to create the default."
         ) from exc
     try:
-        requirement = policy.requirement(change.kind, incident.severity)
+        requirement = policy.requirement(plan.kind, incident.severity)
     except PolicyError as exc:
         raise ConfigurationError(str(exc)) from exc
 
     request = GateRequest(
         gate=gate,
         incident=incident,
-        change=change,
+        plan=plan,
+        digest=plan.digest,
         approvers=requirement.approvers,
         required_approvals=requirement.required_approvals,
         tiers=[t.model_dump(mode="json") for t in requirement.tiers],
         opened_at=utcnow(),
     )
-    write_record(incident.flow_run_id, request_key(gate), request.model_dump(mode="json"))
+    if not write_record(incident.flow_run_id, request_key(gate), request.model_dump(mode="json")):
+        stored = GateRequest.model_validate(read_record(incident.flow_run_id, request_key(gate)))
+        if stored.digest != request.digest:
+            # Answers stored for this gate were given for the stored plan: never count them for another.
+            raise ApprovalError(
+                f"Gate {gate!r} of this run already asked about plan {stored.digest[:12]}; it cannot ask about "
+                f"plan {request.digest[:12]} under the same name. Nothing was changed."
+            )
+        return stored
     record_timeline(
         incident,
         f"{gate}-00-request",
@@ -147,22 +164,23 @@ def open_gate(incident: IncidentContext, gate: str, change: ProposedChange, poli
             at=request.opened_at,
             source="sevflow",
             kind="approval",
-            description=f"Approval requested: {change.title} (needs {requirement.required_approvals} of "
-            f"{', '.join(requirement.approvers)})",
-            details={"gate": gate, "milestone": "Investigation started"},
+            description=f"Approval requested: {plan.title} (plan {plan.digest[:12]}; needs "
+            f"{requirement.required_approvals} of {', '.join(requirement.approvers)})",
+            details={"gate": gate, "plan_digest": plan.digest},
         ),
     )
     emit_incident_event(
         incident,
         "sevflow.approval.requested",
-        {"gate": gate, "change": change.model_dump(mode="json"), "approvers": requirement.approvers,
-         "required_approvals": requirement.required_approvals},
+        {"gate": gate, "plan": plan.model_dump(mode="json"), "plan_digest": plan.digest,
+         "approvers": requirement.approvers, "required_approvals": requirement.required_approvals},
     )
     if requirement.tiers:
         _notify_tier(request, 0, escalated=False)
     get_run_logger().info(
-        "Waiting for approval of %r from %s. Answer in the UI (Resume) or: sevflow approve %s --as NAME --reason TEXT",
-        change.title, ", ".join(requirement.approvers), incident.flow_run_id,
+        "Waiting for approval of %r (plan %s) from %s. Answer in the UI (Resume) or: "
+        "sevflow approve %s --as NAME --reason TEXT",
+        plan.title, plan.digest[:12], ", ".join(requirement.approvers), incident.flow_run_id,
     )
     return request
 
@@ -173,14 +191,14 @@ def record_answer(request: GateRequest, n: int, answer: GateAnswer, tally: GateT
     from sevflow.policy import judge
 
     requirement = GateRequirement(
-        kind=request.change.kind,
+        kind=request.plan.kind,
         severity=request.incident.severity,
         approvers=request.approvers,
         required_approvals=request.required_approvals,
         tiers=[EscalationTier.model_validate(t) for t in request.tiers],
     )
     tally = tally.model_copy(deep=True)
-    verdict, sentence = judge(answer, requirement, tally)
+    verdict, sentence = judge(answer, requirement, tally, plan_digest=request.digest, opened_at=request.opened_at)
     incident = request.incident
     record_timeline(
         incident,
@@ -192,7 +210,7 @@ def record_answer(request: GateRequest, n: int, answer: GateAnswer, tally: GateT
             description=sentence,
             actor=answer.approver,
             details={"gate": request.gate, "decision": answer.decision, "verdict": verdict.value,
-                     "reason": answer.reason},
+                     "reason": answer.reason, "plan_digest": answer.plan_digest},
         ),
     )
     event = {
@@ -205,7 +223,8 @@ def record_answer(request: GateRequest, n: int, answer: GateAnswer, tally: GateT
         incident,
         event,
         {"gate": request.gate, "answer": n, "decision": answer.decision, "approver": answer.approver,
-         "reason": answer.reason, "verdict": verdict.value, "sentence": sentence},
+         "reason": answer.reason, "verdict": verdict.value, "sentence": sentence,
+         "plan_digest": answer.plan_digest, "approved_plan_digest": request.digest},
     )
     logger = get_run_logger()
     (logger.warning if verdict is AnswerVerdict.IGNORED else logger.info)(sentence)
@@ -215,32 +234,39 @@ def record_answer(request: GateRequest, n: int, answer: GateAnswer, tally: GateT
 # --- the gate, called from flow bodies ---------------------------------------------------
 
 
-def require_approval(
-    incident: IncidentContext, change: ProposedChange, *, gate: str, policy: str = "default"
-) -> GateResult:
-    """Wait until the change is approved, rejected or expired. Returns how it ended.
+def require_approval(incident: IncidentContext, plan: Plan, *, gate: str, policy: str = "default") -> GateResult:
+    """Wait until the plan is approved, rejected or expired. Returns how it ended, with the
+    approved plan as stored when the gate opened (the one the answers were given for).
 
-    Call from a flow body. Suspends the run (freeing its worker) until answered.
+    Call from a flow body (the kit's `Procedure.approve` does, with a name unique in the run).
+    Suspends the run (freeing its worker) until answered.
     """
     if not _GATE_NAME.match(gate):
         raise ValueError(f"gate name {gate!r}: lowercase letters, digits and dashes only")
-    request = open_gate(incident, gate, change, policy)
+    request = open_gate(incident, gate, plan, policy)
     tally = GateTally()
     answers: list[tuple[GateAnswer, AnswerVerdict, str]] = []
     n = 0
     while tally.outcome is None:
         n += 1
-        form = ApprovalInput.with_initial_data(description=_form_description(request, tally, answers))
+        form = ApprovalInput.with_initial_data(
+            description=_form_description(request, tally, answers), plan_digest=request.digest,
+        )
         given = suspend_flow_run(wait_for_input=form, key=answer_key(gate, n))
+        # The escalation watcher answers through the same resume call as people, as a
+        # rejection by EXPIRED_BY; the policy decides whether it is a real expiry.
+        expired = given.approver == EXPIRED_BY
         answer = GateAnswer(
-            decision=given.decision,
+            decision="expired" if expired else given.decision,
             approver=given.approver,
             reason=given.reason,
+            plan_digest=given.plan_digest,
             received_at=_answered_at(incident.flow_run_id, answer_key(gate, n)),
         )
         verdict, sentence, tally = record_answer(request, n, answer, tally)
         answers.append((answer, verdict, sentence))
-    return GateResult(gate=gate, outcome=tally.outcome, approvers=tally.approvals, answers=answers)
+    return GateResult(gate=gate, outcome=tally.outcome, approvers=tally.approvals, answers=answers,
+                      plan=request.plan)
 
 
 def _answered_at(flow_run_id: str, key: str) -> datetime:
@@ -254,23 +280,35 @@ def _answered_at(flow_run_id: str, key: str) -> datetime:
 
 
 def _form_description(request: GateRequest, tally: GateTally, answers: list[tuple[GateAnswer, AnswerVerdict, str]]) -> str:
+    incident = request.incident
     lines = [
-        f"**Incident {request.incident.incident_id}** · {request.incident.severity.value} · "
-        f"service `{request.incident.service}` · procedure `{request.incident.procedure}`",
+        f"**Incident {md.escape(incident.incident_id)}** · {incident.severity.value} · "
+        f"service {md.code(incident.service)} · procedure {md.code(incident.procedure)}",
         "",
-        request.change.describe(),
+        request.plan.describe(),
         "",
-        f"**Who may answer:** {', '.join(request.approvers)}  ",
+        f"**Who may answer:** {md.escape(', '.join(request.approvers))}  ",
         f"**Approvals needed:** {request.required_approvals} distinct",
     ]
     if answers:
-        lines += ["", "**Answers so far:**"] + [f"- {a.approver}: {a.decision} → {s}" for a, v, s in answers]
+        lines += ["", "**Answers so far:**"] + [
+            f"- {md.escape(a.approver)}: {md.escape(a.decision)} → {md.escape(s)}" for a, v, s in answers]
     if tally.approvals:
-        lines += ["", f"**Approved so far by:** {', '.join(tally.approvals)}"]
+        lines += ["", f"**Approved so far by:** {md.escape(', '.join(tally.approvals))}"]
     return "\n".join(lines)
 
 
 # --- escalation watcher ----------------------------------------------------------------
+
+
+def _logger() -> Any:
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return get_logger("sevflow.gate")
 
 
 def _notify_tier(request: GateRequest, index: int, *, escalated: bool) -> None:
@@ -290,9 +328,11 @@ def _notify_tier(request: GateRequest, index: int, *, escalated: bool) -> None:
             notify.send(tier.notification_block, subject, body)
         except Exception as exc:  # noqa: BLE001 - a failed page must not close the gate
             # The gate stays open and is listed by `sevflow pending`; the failure is
-            # recorded where the incident commander will read it.
-            entry.description += f"; NOTIFICATION FAILED via {tier.notification_block}: {type(exc).__name__}"
-            get_run_logger().error("Notifying %s failed: %s", tier.notification_block, exc)
+            # recorded where the incident commander will read it. Only the exception's type
+            # and an HTTP status are told: its text can hold the webhook URL and its secret.
+            why = notify.failure_summary(exc)
+            entry.description += f"; NOTIFICATION FAILED via {tier.notification_block}: {why}"
+            _logger().error("Notifying %s failed: %s", tier.notification_block, why)
     else:
         entry.description += " (no notification block configured for this tier)"
     record_timeline(incident, f"{request.gate}-escalation-{index}", entry)
@@ -349,25 +389,26 @@ def escalate_gate(flow_run_id: str, request: GateRequest, now: datetime) -> str 
 
 
 def _expire(run: Any, request: GateRequest) -> str | None:
-    # Written once: a second watcher finds the key taken and stops here.
-    if not write_record(run.id, f"sevflow-gate-{request.gate}-expired", {"at": utcnow().isoformat()}):
-        return None
-    keyset = run.state.state_details.run_input_keyset
-    if not keyset:
-        raise ApprovalError(f"Run {run.id} is paused without an input form; cannot expire its gate.")
+    """Answer the gate `expired` through the same resume call people use.
+
+    Never forces a state: the server resumes only a run that is still paused, so a person's
+    answer given a moment earlier wins and this one is refused. The flow itself accepts the
+    expiry only if the escalation schedule has really run out (see `policy.judge`).
+    """
     waited = (utcnow() - request.opened_at).total_seconds()
-    write_record(
-        run.id,
-        keyset["response"],
-        {
-            "decision": "expired",
-            "approver": EXPIRED_BY,
-            "reason": f"No decision after {len(request.tiers)} escalation tier(s) and {waited:.0f}s: "
-            "documented and waiting on a human decision.",
-        },
-    )
+    reason = (f"No decision after {len(request.tiers)} escalation tier(s) and {waited:.0f}s: "
+              "documented and waiting on a human decision.")
     with get_client(sync_client=True) as client:
-        client.set_flow_run_state(run.id, Scheduled(name="Resuming"), force=True)
+        response = client.request(
+            "POST", "/flow_runs/{id}/resume", path_params={"id": str(run.id)},
+            json={"run_input": {"decision": "reject", "approver": EXPIRED_BY, "reason": reason,
+                                "plan_digest": request.digest}},
+        )
+    status = response.json().get("status")
+    if status != "ACCEPT":
+        # Answered (or resumed) meanwhile: that answer stands.
+        return None
+    write_record(run.id, gate_expired_key(request.gate), {"at": utcnow().isoformat()})
     return "expired"
 
 
@@ -407,9 +448,12 @@ def answer_gate(flow_run_id: str, decision: Literal["approve", "reject"], approv
                 f"Run {flow_run_id} is not waiting at a gate (state: {run.state.name if run.state else 'none'})."
             )
         gate = gate_of_pause_key(run.state.state_details.pause_key)
+        stored = read_record(flow_run_id, request_key(gate)) if gate else None
+        digest = GateRequest.model_validate(stored).digest if stored else ""
         response = client.request(
             "POST", "/flow_runs/{id}/resume", path_params={"id": flow_run_id},
-            json={"run_input": {"decision": decision, "approver": approver, "reason": reason}},
+            json={"run_input": {"decision": decision, "approver": approver, "reason": reason,
+                                "plan_digest": digest}},
         )
     body = response.json()
     if body.get("status") != "ACCEPT":

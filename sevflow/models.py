@@ -2,11 +2,46 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from datetime import datetime, timedelta, timezone
 from enum import Enum
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+# Every durable record and event resource name is spelled here once; the gate, the incident,
+# the intake and the CLI all read them from here.
+RECORD_PREFIX = "sevflow-record-"
+"""Durable timeline records on a run: flow run inputs under `sevflow-record-<key>`."""
+
+
+def gate_request_key(gate: str) -> str:
+    """Where a gate's request (its plan, who may answer) is stored on the run."""
+    return f"sevflow-gate-{gate}-request"
+
+
+def gate_expired_key(gate: str) -> str:
+    """Written once by the escalation watcher when it expires a gate."""
+    return f"sevflow-gate-{gate}-expired"
+
+
+def gate_answer_key(gate: str, n: int) -> str:
+    """The suspend key of a gate's n-th wait; Prefect stores the answer under it."""
+    return f"{gate}-answer-{n}"
+
+
+def incident_resource(incident_id: str) -> str:
+    """The Prefect event resource of an incident."""
+    return f"sevflow.incident.{incident_id}"
+
+
+def canonical_digest(value: Any) -> str:
+    """sha256 of the canonical JSON form of `value` (sorted keys, no spaces)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def utcnow() -> datetime:
@@ -78,6 +113,45 @@ _RESPONSE_TEXT = {
 }
 
 
+class ServiceSpec(BaseModel):
+    """A service target block as it was read once by a run: every field but the secret
+    values (only their names). Plans are made from it, so the plan a person approves names
+    exactly what the block said, and a block edited later is noticed (its fingerprint)."""
+
+    block: str = Field(description="name of the sevflow Service Target block")
+    service: str
+    repository: str
+    branch: str
+    build_command: str | None = None
+    deploy_command: str | None = None
+    reload_command: str | None = None
+    health_check_urls: list[str] = Field(default_factory=list)
+    health_check_budget_seconds: float = 120.0
+    config_files: list[str] = Field(default_factory=list)
+    good_tag_pattern: str = "good-*"
+    good_trailer: str = "Known-Good"
+    command_timeout_seconds: float = 900.0
+    secret_env: list[str] = Field(default_factory=list, description="names of the command secrets")
+    health_check_token: bool = Field(default=False, description="whether a health-check token is set")
+    reading: str = Field(default="", description="which reading of the run this is (a plan read afresh "
+                         "after drift gathers its facts afresh too); not part of the fingerprint")
+
+    @property
+    def repository_path(self) -> Path:
+        return Path(os.path.expanduser(self.repository))
+
+    def _fields(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"reading"})
+
+    def fingerprint(self) -> str:
+        return canonical_digest(self._fields())
+
+    def changes_since(self, earlier: ServiceSpec) -> list[str]:
+        """What moved from `earlier` to this one, a sentence per field."""
+        now, then = self._fields(), earlier._fields()
+        return [f"{name}: {then.get(name)!r} → {now.get(name)!r}" for name in now if now.get(name) != then.get(name)]
+
+
 ChangeKind = Literal[
     "application-rollback",
     "configuration-rollback",
@@ -87,30 +161,129 @@ ChangeKind = Literal[
 (failover, credential changes, restores...) add theirs here."""
 
 
-class ProposedChange(BaseModel):
-    """What an approver is asked to allow: the change, where, how, and how to undo it."""
+class Precondition(BaseModel):
+    """Something that must still hold when the approved plan is carried out."""
 
-    kind: str
+    check: Literal["git-head", "target-unchanged"]
+    description: str
+    repository: str = ""
+    branch: str = ""
+    sha: str = ""
+    target: ServiceSpec | None = None
+
+
+class GitRestore(BaseModel):
+    """Put the content of `source_sha` (its whole tree, or one file) on the branch as one new
+    commit on top of `expected_head`."""
+
+    op: Literal["git-restore"] = "git-restore"
+    service: str
+    repository: str
+    branch: str
+    expected_head: str
+    source_sha: str
+    source_tree: str = Field(description="the tree (or, for one file, the blob) being restored")
+    path: str | None = Field(default=None, description="only this file; None for the whole tree")
+    run_key: str = Field(description="marks the commit as this run's, so a re-run does not repeat it")
+    subject: str
+
+    @property
+    def repository_path(self) -> Path:
+        return Path(os.path.expanduser(self.repository))
+
+
+class ShellCommand(BaseModel):
+    """One of the service's own commands (build, deploy, reload), exactly as approved."""
+
+    op: Literal["command"] = "command"
+    kind: Literal["build", "deploy", "reload"]
+    service: str
+    command: str = Field(description="the shell text; secrets reach it as environment variables only")
+    cwd: str
+    timeout_seconds: float
+    secret_env: list[str] = Field(default_factory=list, description="names of the secret variables it gets")
+    secrets_block: str = Field(description="the service target block whose secret fields hold their values")
+    target_fingerprint: str = Field(description="the block as planned; an edited block stops the command")
+
+
+class HealthSpec(BaseModel):
+    """How the change is verified: these URLs, all 2xx in one round, within the budget."""
+
+    service: str
+    urls: list[str]
+    budget_seconds: float
+    token_block: str | None = Field(default=None, description="block holding the bearer token, if any")
+
+
+Operation = GitRestore | ShellCommand
+
+
+class Plan(BaseModel):
+    """One exact change an approver is asked to allow: the resolved operations in order, the
+    preconditions that must still hold, how the result is verified and how to undo it. Its
+    digest (sha256 of its canonical JSON) is what an answer approves."""
+
+    kind: str = Field(description="change kind, as the approval policy names it")
     title: str
     target: str = Field(description="where: service, repository, branch, file")
-    commands: list[str] = Field(default_factory=list, description="the exact commands or API calls")
-    undo: str = Field(description="how to undo the change")
-    details: str = Field(default="", description="markdown: commits, diff summary")
+    operations: list[GitRestore | ShellCommand] = Field(default_factory=list)
+    preconditions: list[Precondition] = Field(default_factory=list)
+    verify: HealthSpec | None = None
+    undo: str
+    details: str = Field(default="", description="markdown: commits, diff")
+    secrets_used: list[str] = Field(default_factory=list, description="names, never values")
+
+    @property
+    def digest(self) -> str:
+        return canonical_digest(self.model_dump(mode="json"))
+
+    def command_lines(self) -> list[str]:
+        """What will run, one line per operation, as a person would type it."""
+        lines: list[str] = []
+        for op in self.operations:
+            if isinstance(op, GitRestore):
+                if op.path:
+                    lines += [f"git checkout {op.source_sha[:12]} -- {op.path}",
+                              f"git commit -m {op.subject!r} -- {op.path}   # on {op.expected_head[:12]}"]
+                else:
+                    lines += [f"git commit-tree {op.source_sha[:12]}^{{tree}} -p {op.expected_head[:12]}   "
+                              "# new commit with that tree; history is not rewritten",
+                              "git merge --ff-only <that commit>"]
+            else:
+                env = f"   # with secret env {', '.join(op.secret_env)}" if op.secret_env else ""
+                lines.append(f"(cd {op.cwd} && {op.command}){env}")
+        if self.verify:
+            lines += [f"curl {url}   # must answer 2xx within {self.verify.budget_seconds:g} s"
+                      for url in self.verify.urls]
+        return lines
+
+    def operation(self, kind: str) -> GitRestore | ShellCommand | None:
+        """The plan's operation of that kind (`git-restore`, `build`, `deploy`, `reload`)."""
+        for op in self.operations:
+            if (isinstance(op, GitRestore) and kind == "git-restore") or getattr(op, "kind", None) == kind:
+                return op
+        return None
 
     def describe(self) -> str:
-        """Markdown for the Resume form and notifications."""
+        """Markdown for the Resume form and notifications; free text escaped."""
+        from sevflow import markdown as md
+
         lines = [
-            f"### {self.title}",
+            f"### {md.escape(self.title)}",
             "",
-            f"**Change kind:** `{self.kind}`  ",
-            f"**Where:** {self.target}",
+            f"**Plan digest:** `{self.digest}`  ",
+            f"**Change kind:** {md.code(self.kind)}  ",
+            f"**Where:** {md.escape(self.target)}",
             "",
-            "**Exactly what will run:**",
-            "```",
-            *self.commands,
-            "```",
-            f"**How to undo:** {self.undo}",
+            "**Exactly what will run, in order:**",
+            md.fence("\n".join(self.command_lines())),
         ]
+        if self.preconditions:
+            lines += ["", "**Checked again just before the change (if any moved, nothing is changed and you are asked again):**"]
+            lines += [f"- {md.escape(p.description)}" for p in self.preconditions]
+        if self.secrets_used:
+            lines += ["", f"**Secrets used (names only):** {', '.join(md.code(s) for s in self.secrets_used)}"]
+        lines += ["", f"**How to undo:** {md.escape(self.undo)}"]
         if self.details:
             lines += ["", self.details]
         return "\n".join(lines)
@@ -125,6 +298,7 @@ class GateAnswer(BaseModel):
     decision: Decision
     approver: str
     reason: str = ""
+    plan_digest: str = Field(default="", description="the plan the answer was given for")
     received_at: datetime = Field(default_factory=utcnow)
 
 
@@ -148,6 +322,7 @@ class GateResult(BaseModel):
     outcome: GateOutcome
     approvers: list[str] = Field(default_factory=list)
     answers: list[tuple[GateAnswer, AnswerVerdict, str]] = Field(default_factory=list)
+    plan: Plan | None = Field(default=None, description="the plan as stored when the gate opened")
 
     @property
     def approved(self) -> bool:
@@ -180,7 +355,7 @@ class IncidentContext(BaseModel):
 
     @property
     def resource_id(self) -> str:
-        return f"sevflow.incident.{self.incident_id}"
+        return incident_resource(self.incident_id)
 
     @property
     def tags(self) -> list[str]:
@@ -198,7 +373,8 @@ class GateRequest(BaseModel):
 
     gate: str
     incident: IncidentContext
-    change: ProposedChange
+    plan: Plan
+    digest: str
     approvers: list[str]
     required_approvals: int
     tiers: list[dict[str, Any]] = Field(default_factory=list)

@@ -1,76 +1,126 @@
 """What each procedure proposes to change, decided from gathered facts. Pure: no I/O.
 
-A proposal states the change, where, the exact commands, and how to undo it: that text is
-what the approver reads in the Resume form and in the notification.
+A plan is fully resolved before anyone is asked: the commands as strings, the repository,
+branch, expected head, the commit and tree (or blob) being restored, the URLs that verify it,
+the names of the secrets used; the preconditions that must still hold; how to undo it. The
+approver approves that plan (its digest), and the mutating steps take their inputs from it,
+never from the block read again later.
 """
 
 from __future__ import annotations
 
-from sevflow.models import ProposedChange
+from typing import Literal
+
+from sevflow import markdown as md
+from sevflow.models import (
+    GitRestore,
+    HealthSpec,
+    Plan,
+    Precondition,
+    ServiceSpec,
+    ShellCommand,
+)
 from sevflow.versions import CommitInfo, ConfigDiff, RollbackPreview, render_preview_markdown
 
 
-def _commands(build: str | None, deploy: str | None) -> list[str]:
-    return [c for c in (build, deploy) if c]
+def command(spec: ServiceSpec, kind: Literal["build", "deploy", "reload"]) -> ShellCommand | None:
+    """The service's `kind` command as an operation, or None if the block has none."""
+    text = {"build": spec.build_command, "deploy": spec.deploy_command, "reload": spec.reload_command}[kind]
+    if not text:
+        return None
+    return ShellCommand(kind=kind, service=spec.service, command=text, cwd=str(spec.repository_path),
+                        timeout_seconds=spec.command_timeout_seconds, secret_env=list(spec.secret_env),
+                        secrets_block=spec.block, target_fingerprint=spec.fingerprint())
 
 
-def application_rollback_change(
-    service: str, repository: str, branch: str, good: CommitInfo, preview: RollbackPreview,
-    build_command: str | None, deploy_command: str | None,
-) -> ProposedChange:
-    return ProposedChange(
+def health(spec: ServiceSpec) -> HealthSpec:
+    return HealthSpec(service=spec.service, urls=list(spec.health_check_urls),
+                      budget_seconds=spec.health_check_budget_seconds,
+                      token_block=spec.block if spec.health_check_token else None)
+
+
+def head_unchanged(spec: ServiceSpec, head: str) -> Precondition:
+    return Precondition(check="git-head", repository=spec.repository, branch=spec.branch, sha=head,
+                        description=f"branch {spec.branch} of {spec.repository} is still at {head[:12]}, "
+                        "with no local changes")
+
+
+def target_unchanged(spec: ServiceSpec) -> Precondition:
+    return Precondition(check="target-unchanged", target=spec,
+                        description=f"the service target block {spec.block!r} is unchanged "
+                        f"(fingerprint {spec.fingerprint()[:12]})")
+
+
+def _secrets(spec: ServiceSpec) -> list[str]:
+    return [*spec.secret_env, *(["health_check_token"] if spec.health_check_token else [])]
+
+
+def _commands(*ops: ShellCommand | None) -> list[ShellCommand]:
+    return [op for op in ops if op is not None]
+
+
+def application_rollback_plan(
+    spec: ServiceSpec, good: CommitInfo, preview: RollbackPreview, run_key: str,
+) -> Plan:
+    return Plan(
         kind="application-rollback",
-        title=f"Roll back {service} to {good.short} ({good.subject})",
-        target=f"service `{service}`, repository `{repository}`, branch `{branch}`",
-        commands=[
-            f"git commit-tree {good.short}^{{tree}} -p {preview.from_sha[:12]}   "
-            f"# new commit with the tree of {good.short}; history is not rewritten",
-            "git merge --ff-only <that commit>",
-            *_commands(build_command, deploy_command),
+        title=f"Roll back {spec.service} to {good.short} ({good.subject})",
+        target=f"service {spec.service}, repository {spec.repository}, branch {spec.branch}",
+        operations=[
+            GitRestore(service=spec.service, repository=spec.repository, branch=spec.branch,
+                       expected_head=preview.from_sha, source_sha=good.sha, source_tree=preview.to_tree,
+                       run_key=run_key, subject=f"Roll back {spec.service} to {good.short}: {good.subject}"),
+            *_commands(command(spec, "build"), command(spec, "deploy")),
         ],
-        undo=f"run `application-rollback` with version={preview.from_sha[:12]} (the version running now), "
+        preconditions=[head_unchanged(spec, preview.from_sha), target_unchanged(spec)],
+        verify=health(spec),
+        undo=f"run application-rollback with version={preview.from_sha[:12]} (the version running now), "
         "or approve the return offered if verification fails",
         details=render_preview_markdown(preview),
+        secrets_used=_secrets(spec),
     )
 
 
-def return_to_previous_change(
-    service: str, repository: str, branch: str, running_before: str, rolled_back_to: str,
-    build_command: str | None, deploy_command: str | None, why: str,
-) -> ProposedChange:
-    return ProposedChange(
+def return_to_previous_plan(
+    spec: ServiceSpec, running_before: str, running_before_tree: str, rolled_head: str, run_key: str, why: str,
+) -> Plan:
+    return Plan(
         kind="return-to-previous-version",
-        title=f"Return {service} to {running_before[:12]}, the version running before the rollback",
-        target=f"service `{service}`, repository `{repository}`, branch `{branch}`",
-        commands=[
-            f"git commit-tree {running_before[:12]}^{{tree}} -p HEAD   # again a new commit, no history rewritten",
-            "git merge --ff-only <that commit>",
-            *_commands(build_command, deploy_command),
+        title=f"Return {spec.service} to {running_before[:12]}, the version running before the rollback",
+        target=f"service {spec.service}, repository {spec.repository}, branch {spec.branch}",
+        operations=[
+            GitRestore(service=spec.service, repository=spec.repository, branch=spec.branch,
+                       expected_head=rolled_head, source_sha=running_before, source_tree=running_before_tree,
+                       run_key=run_key, subject=f"Return {spec.service} to {running_before[:12]}"),
+            *_commands(command(spec, "build"), command(spec, "deploy")),
         ],
-        undo=f"run `application-rollback` with version={rolled_back_to[:12]}",
-        details=f"Verification after the rollback failed: {why}",
+        preconditions=[head_unchanged(spec, rolled_head), target_unchanged(spec)],
+        verify=health(spec),
+        undo=f"run application-rollback with version={rolled_head[:12]}",
+        details=f"Verification after the rollback failed: {md.escape(why)}",
+        secrets_used=_secrets(spec),
     )
 
 
-def configuration_rollback_change(
-    service: str, repository: str, branch: str, diff: ConfigDiff, source: CommitInfo, reload_command: str | None,
-) -> ProposedChange:
-    return ProposedChange(
+def configuration_rollback_plan(spec: ServiceSpec, diff: ConfigDiff, source: CommitInfo, run_key: str) -> Plan:
+    return Plan(
         kind="configuration-rollback",
-        title=f"Restore {diff.path} of {service} from {source.short} ({source.subject})",
-        target=f"service `{service}`, repository `{repository}`, branch `{branch}`, file `{diff.path}`",
-        commands=[
-            f"git checkout {source.short} -- {diff.path}",
-            f"git commit -m 'Restore {diff.path} from {source.short}' -- {diff.path}",
-            *([reload_command] if reload_command else []),
+        title=f"Restore {diff.path} of {spec.service} from {source.short} ({source.subject})",
+        target=f"service {spec.service}, repository {spec.repository}, branch {spec.branch}, file {diff.path}",
+        operations=[
+            GitRestore(service=spec.service, repository=spec.repository, branch=spec.branch,
+                       expected_head=diff.head_sha, source_sha=source.sha, source_tree=diff.blob, path=diff.path,
+                       run_key=run_key, subject=f"Restore {diff.path} from {source.short}"),
+            *_commands(command(spec, "reload")),
         ],
-        undo=f"run `configuration-rollback` for {diff.path} with commit={diff.head_sha[:12]}",
+        preconditions=[head_unchanged(spec, diff.head_sha), target_unchanged(spec)],
+        verify=health(spec),
+        undo=f"run configuration-rollback for {diff.path} with commit={diff.head_sha[:12]}",
         details="\n".join([
-            f"**What changed since {source.short}** (`git diff {source.short} HEAD -- {diff.path}`); "
+            f"**What changed since {source.short}** ({md.code(f'git diff {source.short} HEAD -- {diff.path}')}); "
             "restoring reverses it:",
             "",
-            "```diff",
-            diff.diff.strip() or "(no difference)",
-            "```",
+            md.fence(diff.diff.strip() or "(no difference)", "diff"),
         ]),
+        secrets_used=_secrets(spec),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from sevflow.models import AnswerVerdict, GateAnswer, GateOutcome, Severity
 
@@ -35,6 +35,17 @@ class ApprovalRule(BaseModel):
     @classmethod
     def _normalise(cls, value: list[str]) -> list[str]:
         return [normalise_name(v) for v in value if v.strip()]
+
+    @model_validator(mode="after")
+    def _enough_approvers(self) -> ApprovalRule:
+        # A gate needing more distinct approvers than may answer could never close.
+        distinct = len(set(self.approvers))
+        if self.required_approvals > distinct:
+            raise ValueError(
+                f"rule for {self.change_kind!r} needs {self.required_approvals} distinct approvals but lists "
+                f"{distinct} approver(s): add approvers or lower required_approvals"
+            )
+        return self
 
     def covers(self, kind: str, severity: Severity) -> bool:
         if not fnmatchcase(kind, self.change_kind):
@@ -104,14 +115,43 @@ class GateTally(BaseModel):
     outcome: GateOutcome | None = None
 
 
-def judge(answer: GateAnswer, requirement: GateRequirement, tally: GateTally) -> tuple[AnswerVerdict, str]:
-    """Judge one answer against the policy and what the gate has counted so far.
+def expiry_due(tiers: list[EscalationTier], opened_at: datetime) -> datetime | None:
+    """When a gate opened at `opened_at` may expire: after every tier's wait; never without tiers."""
+    if not tiers:
+        return None
+    return opened_at + timedelta(seconds=sum(t.wait_seconds for t in tiers))
+
+
+def judge(
+    answer: GateAnswer,
+    requirement: GateRequirement,
+    tally: GateTally,
+    *,
+    plan_digest: str | None = None,
+    opened_at: datetime | None = None,
+) -> tuple[AnswerVerdict, str]:
+    """Judge one answer against the policy, the plan it was given for and what the gate has
+    counted so far.
 
     Returns the verdict and a sentence for the timeline; updates `tally` in place.
     """
     who = normalise_name(answer.approver)
+    if plan_digest is not None and answer.plan_digest != plan_digest:
+        # An approval approves one exact plan: an answer for another is never counted here.
+        given = answer.plan_digest[:12] or "no plan"
+        return AnswerVerdict.IGNORED, (
+            f"{answer.approver!r} answered for {given}, but this gate asks about plan {plan_digest[:12]}: "
+            "answer recorded and ignored."
+        )
     if answer.decision == "expired":
-        # Only the escalation watcher writes this (the Resume form's schema refuses it).
+        # Whoever wrote it, an expiry counts only once the escalation schedule has run out.
+        due = expiry_due(requirement.tiers, opened_at) if opened_at else None
+        if due is None or answer.received_at < due:
+            return AnswerVerdict.IGNORED, (
+                "An expiry written before the escalation schedule ran out"
+                + (f" (due {due:%Y-%m-%d %H:%M:%S} UTC)" if due else " (this gate has no escalation tiers)")
+                + ": recorded and ignored."
+            )
         tally.outcome = GateOutcome.EXPIRED
         return AnswerVerdict.EXPIRED, (
             f"No decision after the last escalation tier: nothing changed. {answer.reason}".strip()

@@ -11,6 +11,7 @@ import re
 from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 
+from sevflow import markdown as md
 from pydantic import BaseModel, Field, field_validator
 
 GOOD_VALUES = frozenset({"yes", "true", "1", "good"})
@@ -76,6 +77,12 @@ class RollbackPreview(BaseModel):
     files_changed: int = 0
     insertions: int = 0
     deletions: int = 0
+    to_tree: str = Field(default="", description="the tree of to_sha: exactly what will be put in place")
+    diff: str = Field(default="", description="`git diff to_sha from_sha`, cut at MAX_DIFF_CHARS")
+
+
+MAX_DIFF_CHARS = 100_000
+"""Longest diff shown in a plan; the plan's tree sha names the exact content either way."""
 
 
 class RestoredVersion(BaseModel):
@@ -102,6 +109,7 @@ class ConfigDiff(BaseModel):
     head_sha: str
     diff: str
     identical: bool
+    blob: str = Field(default="", description="the file's blob at from_sha: exactly what will be restored")
 
 
 def trailer_value(trailers: dict[str, str], key: str) -> str | None:
@@ -210,8 +218,8 @@ def render_preview_markdown(preview: RollbackPreview) -> str:
     if preview.commits:
         lines += ["**Commits being rolled back** (newest first):", ""]
         for commit in preview.commits[:MAX_LISTED_COMMITS]:
-            when = commit.authored_at.strftime("%Y-%m-%d %H:%M UTC")
-            lines.append(f"- `{commit.short}` {commit.subject} — {commit.author}, {when}")
+            when = commit.authored_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+            lines.append(f"- `{commit.short}` {md.escape(commit.subject)} — {md.escape(commit.author)}, {when}")
         if count > MAX_LISTED_COMMITS:
             lines.append(
                 f"- …and {count - MAX_LISTED_COMMITS} more "
@@ -221,8 +229,8 @@ def render_preview_markdown(preview: RollbackPreview) -> str:
     lines += [
         f"**Diff stat** (`git diff --stat {target} {running}`):",
         "",
-        "```text",
-        preview.diff_stat or "(no file changes)",
-        "```",
+        md.fence(preview.diff_stat or "(no file changes)", "text"),
     ]
+    if preview.diff:
+        lines += ["", f"**Full diff being undone** (`git diff {target} {running}`):", "", md.fence(preview.diff, "diff")]
     return "\n".join(lines)

@@ -25,7 +25,8 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger, get_run_logger
 
 from sevflow.blocks.service import ServiceTarget
-from sevflow.errors import CommandFailed, ConfigurationError, PreflightError
+from sevflow.errors import CommandFailed, ConfigurationError, DriftError, PreflightError
+from sevflow.models import GitRestore, Precondition, ServiceSpec
 from sevflow.tasks.common import step
 from sevflow.versions import (
     CommitInfo,
@@ -36,6 +37,11 @@ from sevflow.versions import (
     parse_diff_summary,
     parse_trailers,
 )
+from sevflow.versions import MAX_DIFF_CHARS
+
+# What the git steps act on: the block itself, a run's reading of it, or an approved
+# operation (each has service, repository_path and branch).
+Checkout = ServiceTarget | ServiceSpec | GitRestore
 
 GIT_TIMEOUT_SECONDS = 120.0
 """Longest any single git command may run before it is killed."""
@@ -61,7 +67,7 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[Any]:
 
 
 @contextmanager
-def _open(target: ServiceTarget) -> Iterator[Repo]:
+def _open(target: Checkout) -> Iterator[Repo]:
     """The target's checkout, closed afterwards; PreflightError if there is none."""
     path = target.repository_path
     if not path.is_dir():
@@ -152,7 +158,7 @@ def _tags_by_commit(repo: Repo) -> dict[str, list[str]]:
     return {sha: sorted(names) for sha, names in tags.items()}
 
 
-def _branch_head(repo: Repo, target: ServiceTarget) -> str:
+def _branch_head(repo: Repo, target: Checkout) -> str:
     try:
         return _run(repo, "rev-parse", "--verify", f"refs/heads/{target.branch}^{{commit}}")
     except GitCommandError as exc:
@@ -176,7 +182,7 @@ def _resolve(repo: Repo, ref: str) -> str:
         ) from exc
 
 
-def _check_checkout(repo: Repo, target: ServiceTarget) -> str:
+def _check_checkout(repo: Repo, target: Checkout) -> str:
     """The head sha, once sure the production branch is the one checked out."""
     path = repo.working_tree_dir
     if repo.head.is_detached:
@@ -221,7 +227,7 @@ def _check_clean(repo: Repo) -> None:
         )
 
 
-def _config_path(target: ServiceTarget, path: str) -> str:
+def _config_path(target: Checkout, path: str) -> str:
     """`path` as written in the target's config_files, or PreflightError."""
 
     def normal(p: str) -> str:
@@ -261,7 +267,7 @@ def _tree(repo: Repo, sha: str) -> str:
     return _git(repo, "rev-parse", f"{sha}^{{tree}}")
 
 
-def _fast_forward(repo: Repo, target: ServiceTarget, head: str, new: str, run_key: str) -> None:
+def _fast_forward(repo: Repo, target: Checkout, head: str, new: str, run_key: str) -> None:
     """Move the branch, index and working tree from `head` to its child `new`."""
     try:
         # --ff-only: git itself refuses if the branch moved or a local change would be lost.
@@ -283,11 +289,8 @@ def _fast_forward(repo: Repo, target: ServiceTarget, head: str, new: str, run_ke
 
 
 def _commit_restored(
-    target: ServiceTarget,
+    op: GitRestore,
     *,
-    ref: str,
-    expected_head: str,
-    run_key: str,
     wanted_tree: Callable[[Repo, str, str], str],
     subject: Callable[[CommitInfo], str],
 ) -> RestoredVersion:
@@ -296,7 +299,8 @@ def _commit_restored(
     Check before act: a head made by this run with that tree is returned as is; a head that
     moved since approval, or a dirty checkout, is refused before anything changes.
     """
-    run_key = run_key.strip()
+    target, ref, expected_head = op, op.source_sha, op.expected_head
+    run_key = op.run_key.strip()
     _check_run_key(run_key)
     log = _logger()
     with _open(target) as repo:
@@ -316,7 +320,7 @@ def _commit_restored(
 
         if head != expected_head.strip().lower():
             # What was approved is no longer what would happen.
-            raise PreflightError(
+            raise DriftError(
                 f"{target.branch!r} in {repo.working_tree_dir} moved from {expected_head[:12]} to "
                 f"{head[:12]} ({head_commit.subject!r}) since the change was approved. Nothing "
                 "was changed. Re-run the procedure to review and approve against the new head."
@@ -341,7 +345,7 @@ def _commit_restored(
 
 
 @step("check the repository")
-def inspect_repository(target: ServiceTarget) -> RepoStatus:
+def inspect_repository(target: Checkout) -> RepoStatus:
     """Check the service's checkout is a git repository on the production branch with no
     local changes. Changes nothing; raises PreflightError saying what to fix."""
     _logger().info("Checking %s is a clean checkout of %s", target.repository_path, target.branch)
@@ -358,7 +362,7 @@ def inspect_repository(target: ServiceTarget) -> RepoStatus:
 
 
 @step("git log --oneline")
-def recent_history(target: ServiceTarget, limit: int = 50) -> list[CommitInfo]:
+def recent_history(target: Checkout, limit: int = 50) -> list[CommitInfo]:
     """The last `limit` commits of the production branch (first parent), newest first.
     Changes nothing."""
     if limit < 1:
@@ -370,7 +374,7 @@ def recent_history(target: ServiceTarget, limit: int = 50) -> list[CommitInfo]:
 
 
 @step("resolve the named version")
-def resolve_version(target: ServiceTarget, ref: str) -> CommitInfo:
+def resolve_version(target: Checkout, ref: str) -> CommitInfo:
     """The commit a hash, tag or branch name refers to. Changes nothing.
 
     A commit that is not in the branch's history is allowed (say, a hotfix tag), but logged.
@@ -387,7 +391,7 @@ def resolve_version(target: ServiceTarget, ref: str) -> CommitInfo:
 
 
 @step("show what will be rolled back")
-def rollback_preview(target: ServiceTarget, to_sha: str) -> RollbackPreview:
+def rollback_preview(target: Checkout, to_sha: str) -> RollbackPreview:
     """The commits in to_sha..head and `git diff --stat to_sha head`. Changes nothing."""
     _logger().info("Comparing %s with %s", to_sha, target.branch)
     with _open(target) as repo:
@@ -396,9 +400,14 @@ def rollback_preview(target: ServiceTarget, to_sha: str) -> RollbackPreview:
         commits = _commits(repo, f"{to}..{head}")
         stat = _git(repo, "diff", "--stat", "--no-color", "--no-ext-diff", to, head)
         files_changed, insertions, deletions = parse_diff_summary(stat)
+        diff = _git(repo, "diff", "--no-color", "--no-ext-diff", to, head)
+        if len(diff) > MAX_DIFF_CHARS:
+            diff = diff[:MAX_DIFF_CHARS] + f"\n... (cut at {MAX_DIFF_CHARS} characters; the tree sha names it all)"
         return RollbackPreview(
             from_sha=head,
             to_sha=to,
+            to_tree=_tree(repo, to),
+            diff=diff,
             commits=commits,
             diff_stat=stat,
             files_changed=files_changed,
@@ -408,26 +417,28 @@ def rollback_preview(target: ServiceTarget, to_sha: str) -> RollbackPreview:
 
 
 @step("git checkout <commit-hash>", mutating=True, milestone="Fix deployed")
-def restore_version(target: ServiceTarget, to_sha: str, expected_head: str, run_key: str) -> RestoredVersion:
-    """Put the content of `to_sha` on the production branch as one new commit on top of
-    `expected_head` (history is kept; files added since are removed), and update the
-    checkout to it. Also returns to the version that was running: pass its sha as `to_sha`.
+def restore_version(op: GitRestore) -> RestoredVersion:
+    """Put the content of the approved commit on the production branch as one new commit on
+    top of the approved head (history is kept; files added since are removed), and update the
+    checkout to it. Also returns to the version that was running (the return plan).
 
-    Refuses (PreflightError, nothing changed) if the branch moved since approval or the
-    checkout has local changes; returns created=False if this run already did it.
+    Refuses (DriftError, nothing changed) if the branch moved since approval, the tree to
+    restore is not the approved one, or the checkout has local changes; returns
+    created=False if this run already did it.
     """
-    return _commit_restored(
-        target,
-        ref=to_sha,
-        expected_head=expected_head,
-        run_key=run_key,
-        wanted_tree=lambda repo, head, restored: _tree(repo, restored),
-        subject=lambda commit: f"Roll back {target.service} to {commit.short}: {commit.subject}",
-    )
+
+    def wanted_tree(repo: Repo, head: str, restored: str) -> str:
+        tree = _tree(repo, restored)
+        if op.source_tree and tree != op.source_tree:
+            raise DriftError(f"{restored[:12]} now has tree {tree[:12]}, not the approved {op.source_tree[:12]}. "
+                             "Nothing was changed.")
+        return tree
+
+    return _commit_restored(op, wanted_tree=wanted_tree, subject=lambda commit: op.subject)
 
 
 @step("git log --oneline -- <config file>")
-def config_history(target: ServiceTarget, path: str, limit: int = 20) -> list[CommitInfo]:
+def config_history(target: Checkout, path: str, limit: int = 20) -> list[CommitInfo]:
     """The last `limit` commits of the production branch that changed the configuration
     file `path`, newest first. Changes nothing."""
     if limit < 1:
@@ -447,7 +458,7 @@ def config_history(target: ServiceTarget, path: str, limit: int = 20) -> list[Co
 
 
 @step("show the config diff")
-def config_diff(target: ServiceTarget, path: str, from_sha: str) -> ConfigDiff:
+def config_diff(target: Checkout, path: str, from_sha: str) -> ConfigDiff:
     """`git diff from_sha head -- path`: how the file changed since that version (restoring
     reverses it). Changes nothing."""
     path = _config_path(target, path)
@@ -455,38 +466,55 @@ def config_diff(target: ServiceTarget, path: str, from_sha: str) -> ConfigDiff:
     with _open(target) as repo:
         head = _branch_head(repo, target)
         sha = _resolve(repo, from_sha)
-        _file_at(repo, sha, path)
+        _mode, blob = _file_at(repo, sha, path)
         diff = _git(repo, "diff", "--no-color", "--no-ext-diff", sha, head, "--", _literal(path))
-        return ConfigDiff(path=path, from_sha=sha, head_sha=head, diff=diff, identical=not diff.strip())
+        return ConfigDiff(path=path, from_sha=sha, head_sha=head, diff=diff, identical=not diff.strip(), blob=blob)
 
 
 @step("git checkout <commit> -- <config file>", mutating=True, milestone="Fix deployed")
-def restore_config_file(
-    target: ServiceTarget, path: str, from_sha: str, expected_head: str, run_key: str
-) -> RestoredVersion:
-    """Put the configuration file `path` back as it was at `from_sha`, as one new commit on
-    the production branch that changes only that file, and update the checkout to it.
+def restore_config_file(op: GitRestore) -> RestoredVersion:
+    """Put the approved configuration file back as it was at the approved commit, as one new
+    commit on the production branch that changes only that file, and update the checkout.
 
-    Same guards as restore_version: refuses if the branch moved since approval or the
-    checkout has local changes; returns created=False if this run already did it.
+    Same guards as restore_version: refuses if the branch moved since approval, the file's
+    content is not the approved blob, or the checkout has local changes; returns
+    created=False if this run already did it.
     """
-    path = _config_path(target, path)
+    if not op.path:
+        raise ConfigurationError("A configuration restore names the file it restores.")
+    path = op.path
 
     def wanted_tree(repo: Repo, head: str, restored: str) -> str:
         # The head's tree with only this one file replaced, built in a scratch index so the
         # checkout's own index is untouched until the fast-forward.
         mode, blob = _file_at(repo, restored, path)
+        if op.source_tree and blob != op.source_tree:
+            raise DriftError(f"{path} at {restored[:12]} is blob {blob[:12]}, not the approved "
+                             f"{op.source_tree[:12]}. Nothing was changed.")
         with tempfile.TemporaryDirectory(prefix="sevflow-index-") as scratch:
             env = {"GIT_INDEX_FILE": os.path.join(scratch, "index")}
             _git(repo, "read-tree", head, env=env)
             _git(repo, "update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}", env=env)
             return _git(repo, "write-tree", env=env)
 
-    return _commit_restored(
-        target,
-        ref=from_sha,
-        expected_head=expected_head,
-        run_key=run_key,
-        wanted_tree=wanted_tree,
-        subject=lambda commit: f"Restore {path} from {commit.short}",
-    )
+    return _commit_restored(op, wanted_tree=wanted_tree, subject=lambda commit: op.subject)
+
+
+def head_drift(pre: Precondition) -> str | None:
+    """None if the branch is still at the planned head with a clean checkout; else what moved.
+    Read-only; used just before an approved plan is carried out."""
+    spec = GitRestore(service=pre.repository, repository=pre.repository, branch=pre.branch, expected_head=pre.sha,
+                      source_sha=pre.sha, source_tree="", run_key="check", subject="")
+    try:
+        with _open(spec) as repo:
+            head = _branch_head(repo, spec)
+            if head != pre.sha:
+                moved = _commits(repo, "--max-count=1", head)[0]
+                return (f"branch {pre.branch} of {pre.repository} moved from {pre.sha[:12]} to {head[:12]} "
+                        f"({moved.subject!r})")
+            files = _dirty_files(repo)
+            if files:
+                return f"the checkout {pre.repository} has local changes: {', '.join(files[:_MAX_LISTED_FILES])}"
+    except PreflightError as exc:
+        return str(exc)
+    return None

@@ -27,9 +27,13 @@ from prefect.exceptions import MissingContextError
 from prefect.logging.loggers import get_logger, get_run_logger
 from pydantic import BaseModel, Field
 
+from pathlib import Path
+
 from sevflow.blocks.service import ServiceTarget
-from sevflow.errors import CommandFailed, ConfigurationError
+from sevflow.errors import CommandFailed, ConfigurationError, DriftError
+from sevflow.models import ServiceSpec, ShellCommand
 from sevflow.tasks.common import step
+from sevflow.tasks.targets import load_secrets
 
 CommandKind = Literal["build", "deploy", "reload"]
 
@@ -69,7 +73,7 @@ def mask_secrets(text: str, secrets: list[str]) -> str:
     return text
 
 
-def missing_commands(target: ServiceTarget, needed: list[str]) -> list[str]:
+def missing_commands(target: ServiceTarget | ServiceSpec, needed: list[str]) -> list[str]:
     """The block fields (e.g. ``deploy_command``) that `needed` kinds of command
     ("build", "deploy", "reload") require and the block leaves unset. Pure, for preflight."""
     unknown = [kind for kind in needed if kind not in COMMAND_FIELDS]
@@ -83,44 +87,65 @@ def missing_commands(target: ServiceTarget, needed: list[str]) -> list[str]:
 
 
 @step("build", mutating=True)
-def build(target: ServiceTarget, phase: str) -> CommandResult:
-    """Build the service in its repository (runbook: `npm run build`): runs the block's
-    `build_command`. Without one there is nothing to build, and the step says it skipped."""
-    if not target.build_command:
+def build(op: ShellCommand | None, phase: str) -> CommandResult:
+    """Build the service in its repository (runbook: `npm run build`): runs the approved
+    plan's build command. A plan without one has nothing to build; the step says it skipped.
+    `phase` (the gate that approved it) tells apart two builds in one run."""
+    if op is None:
         # Some services deploy straight from source; a missing build is not an error.
-        _logger().info("No build command configured for %s (%s): skipping the build", target.service, phase)
-        return CommandResult(
-            kind="build",
-            command="",
-            returncode=0,
-            duration_seconds=0.0,
-            output_tail="skipped: no build command configured",
-        )
-    return _run_command(target, "build", target.build_command, phase)
+        _logger().info("No build command configured (none in the approved plan): skipping the build")
+        return CommandResult(kind="build", command="", returncode=0, duration_seconds=0.0,
+                             output_tail="skipped: no build command configured")
+    return _run_approved(op, "build")
 
 
 @step("deploy", mutating=True)
-def deploy(target: ServiceTarget, phase: str) -> CommandResult:
-    """Start the checked-out version of the service (runbook: `npm start`): runs the block's
-    `deploy_command`, which must return once the new version runs."""
-    return _run_command(target, "deploy", _required_command(target, "deploy"), phase)
+def deploy(op: ShellCommand | None, phase: str) -> CommandResult:
+    """Start the checked-out version of the service (runbook: `npm start`): runs the approved
+    plan's deploy command, which must return once the new version runs."""
+    return _run_approved(_required(op, "deploy"), "deploy")
 
 
 @step("reload configuration", mutating=True)
-def reload_configuration(target: ServiceTarget, phase: str) -> CommandResult:
-    """Make the running service re-read its configuration: runs the block's `reload_command`."""
-    return _run_command(target, "reload", _required_command(target, "reload"), phase)
+def reload_configuration(op: ShellCommand | None, phase: str) -> CommandResult:
+    """Make the running service re-read its configuration: the approved plan's reload command."""
+    return _run_approved(_required(op, "reload"), "reload")
 
 
-def _required_command(target: ServiceTarget, kind: CommandKind) -> str:
-    field = COMMAND_FIELDS[kind]
-    command = getattr(target, field)
-    if not command:
+def _required(op: ShellCommand | None, kind: CommandKind) -> ShellCommand:
+    if op is None:
         raise ConfigurationError(
-            f"Service {target.service!r} has no {kind} command: set `{field}` on its "
-            "sevflow Service Target block."
+            f"The plan has no {kind} command: set `{COMMAND_FIELDS[kind]}` on the service's "
+            "sevflow Service Target block, then run the procedure again."
         )
-    return command
+    return op
+
+
+def _run_approved(op: ShellCommand, kind: CommandKind) -> CommandResult:
+    """Run exactly the approved command, once sure the block it came from is unchanged."""
+    if op.kind != kind:
+        raise ConfigurationError(f"The {kind} step was handed the plan's {op.kind} command.")
+    moved = target_changes_of(op)
+    if moved:
+        raise DriftError(
+            f"The {kind} command was not run: the service target block {op.secrets_block!r} changed since "
+            f"the plan was approved ({'; '.join(moved)}). Nothing more was changed; run the procedure "
+            "again to review and approve the new plan."
+        )
+    env, secrets = load_secrets(op.secrets_block, op.secret_env)
+    return run_command(kind, op.command, Path(op.cwd), env, secrets, op.timeout_seconds, op.service)
+
+
+def target_changes_of(op: ShellCommand) -> list[str]:
+    from sevflow.blocks.service import ServiceTarget
+
+    try:
+        live = ServiceTarget.load(op.secrets_block)
+    except ValueError:
+        return [f"the block {op.secrets_block!r} was deleted"]
+    if live.spec(op.secrets_block).fingerprint() == op.target_fingerprint:  # type: ignore[attr-defined]
+        return []
+    return ["its fields differ from the plan's"]
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
@@ -132,18 +157,16 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return get_logger("sevflow.tasks.host")
 
 
-def _run_command(target: ServiceTarget, kind: CommandKind, command: str, phase: str) -> CommandResult:
-    """Run `command` with bash in the repository; stream, mask, time-limit it."""
+def run_command(kind: CommandKind, command: str, cwd: Path, env: dict[str, str], secrets: list[str],
+                timeout: float, service: str = "", phase: str = "") -> CommandResult:
+    """Run `command` with bash in `cwd`; stream, mask, time-limit it."""
     logger = _logger()
-    secrets = target.secret_values()
     shown = mask_secrets(command, secrets)
-    cwd = target.repository_path
     if not cwd.is_dir():
         raise ConfigurationError(
-            f"Service {target.service!r}: repository {str(cwd)!r} is not a directory; "
+            f"Service {service!r}: repository {str(cwd)!r} is not a directory; "
             "set `repository` on its sevflow Service Target block."
         )
-    timeout = target.command_timeout_seconds
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
 
     def emit(raw: bytes) -> None:
@@ -153,12 +176,12 @@ def _run_command(target: ServiceTarget, kind: CommandKind, command: str, phase: 
         tail.append(line)
         logger.info("%s | %s", kind, line)
 
-    logger.info("Running %s command (%s) in %s: %s", kind, phase, cwd, shown)
+    logger.info("Running %s command in %s: %s", kind, cwd, shown)
     started = time.monotonic()
     proc = subprocess.Popen(
         ["bash", "-c", command],
         cwd=cwd,
-        env={**os.environ, **target.command_environment()},
+        env={**os.environ, **env},
         stdin=subprocess.DEVNULL,  # a command that asks a question must fail, not hang
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

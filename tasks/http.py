@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from sevflow.blocks.service import ServiceTarget
 from sevflow.errors import ConfigurationError
+from sevflow.models import HealthSpec
 from sevflow.tasks.common import step
 from sevflow.tasks.host import mask_secrets
 
@@ -73,26 +74,26 @@ def request_timeout(*, elapsed_seconds: float, budget_seconds: float) -> float:
 
 
 @step("verify health")
-def verify_health(target: ServiceTarget, phase: str) -> HealthReport:
-    """Ask every health-check URL of the service, again and again within the block's
-    `health_check_budget_seconds`, until all answer 2xx in the same round. Changes nothing.
+def verify_health(check: HealthSpec, phase: str) -> HealthReport:
+    """Ask every health-check URL of the plan, again and again within its budget, until all
+    answer 2xx in the same round. Changes nothing.
 
     Returns the last round whether healthy or not: deciding what an unhealthy service means
     (fail, roll back, ask a person) is the procedure's job.
     """
-    urls = list(target.health_check_urls)
+    urls = list(check.urls)
     if not urls:
         raise ConfigurationError(
-            f"Service {target.service!r} has no health checks: set `health_check_urls` on its "
+            f"Service {check.service!r} has no health checks: set `health_check_urls` on its "
             "sevflow Service Target block (e.g. http://localhost:3000/api/health)."
         )
     for url in urls:
-        _require_http_url(target, url)
+        _require_http_url(check.service, url)
     logger = _logger()
-    secrets = target.secret_values()
-    budget = target.health_check_budget_seconds
+    headers, secrets = _token(check)
+    budget = check.budget_seconds
     logger.info(
-        "Verifying health of %s (%s): %d URL(s), budget %g s", target.service, phase, len(urls), budget
+        "Verifying health of %s (%s): %d URL(s), budget %g s", check.service, phase, len(urls), budget
     )
 
     started = time.monotonic()
@@ -100,7 +101,7 @@ def verify_health(target: ServiceTarget, phase: str) -> HealthReport:
     # Redirects are not followed: a health URL that redirects (to a login page, say) is not
     # answering as a health check should.
     with httpx.Client(
-        headers=target.health_check_headers(),
+        headers=headers,
         timeout=httpx.Timeout(REQUEST_TIMEOUT_SECONDS),
         follow_redirects=False,
     ) as client:
@@ -135,10 +136,10 @@ def verify_health(target: ServiceTarget, phase: str) -> HealthReport:
 
     report = HealthReport(ok=healthy, attempts=attempts, elapsed_seconds=round(elapsed, 3), checks=checks)
     if report.ok:
-        logger.info("%s is healthy (round %d, %.1f s)", target.service, attempts, elapsed)
+        logger.info("%s is healthy (round %d, %.1f s)", check.service, attempts, elapsed)
     else:
         logger.warning(
-            "%s is NOT healthy after %d round(s) in %.1f s (budget %g s)", target.service, attempts, elapsed, budget
+            "%s is NOT healthy after %d round(s) in %.1f s (budget %g s)", check.service, attempts, elapsed, budget
         )
     return report
 
@@ -162,17 +163,25 @@ def _check(client: httpx.Client, url: str, secrets: list[str], timeout: float) -
     )
 
 
-def _require_http_url(target: ServiceTarget, url: str) -> None:
+def _token(check: HealthSpec) -> tuple[dict[str, str], list[str]]:
+    """(request headers, secret values to mask) from the block named in the plan."""
+    if not check.token_block:
+        return {}, []
+    target = ServiceTarget.for_service(check.token_block)
+    return target.health_check_headers(), target.secret_values()
+
+
+def _require_http_url(service: str, url: str) -> None:
     # A malformed URL would otherwise look like an unhealthy service for the whole budget.
     try:
         scheme = httpx.URL(url).scheme
     except httpx.InvalidURL as exc:
         raise ConfigurationError(
-            f"Service {target.service!r}: health check URL {url!r} is not a URL ({exc})."
+            f"Service {service!r}: health check URL {url!r} is not a URL ({exc})."
         ) from exc
     if scheme not in ("http", "https"):
         raise ConfigurationError(
-            f"Service {target.service!r}: health check URL {url!r} must start with http:// or https://."
+            f"Service {service!r}: health check URL {url!r} must start with http:// or https://."
         )
 
 

@@ -23,7 +23,7 @@ def approval_message(request: GateRequest, tier_name: str, escalated: bool) -> t
     run = incident.flow_run_id
     verb = "ESCALATED: approval still needed" if escalated else "Approval needed"
     subject = (
-        f"[{incident.severity.value}] {verb}: {request.change.title} "
+        f"[{incident.severity.value}] {verb}: {request.plan.title} "
         f"({incident.service}, incident {incident.incident_id})"
     )
     lines = [
@@ -31,9 +31,12 @@ def approval_message(request: GateRequest, tier_name: str, escalated: bool) -> t
         "",
         f"Tier: {tier_name}",
         f"Procedure: {incident.procedure}",
-        f"Change: {request.change.title}",
-        f"Where: {request.change.target}",
-        f"Undo: {request.change.undo}",
+        f"Change: {request.plan.title}",
+        f"Plan digest: {request.digest}",
+        f"Where: {request.plan.target}",
+        "What will run:",
+        *[f"  {line}" for line in request.plan.command_lines()],
+        f"Undo: {request.plan.undo}",
         f"Who may answer: {', '.join(request.approvers)} "
         f"({request.required_approvals} distinct approval(s) needed)",
         "",
@@ -42,6 +45,13 @@ def approval_message(request: GateRequest, tier_name: str, escalated: bool) -> t
         f"Reject:  sevflow reject {run} --as NAME --reason TEXT",
     ]
     return subject, "\n".join(lines)
+
+
+def failure_summary(exc: BaseException) -> str:
+    """What went wrong sending, without the exception's text: notification libraries put the
+    URL (and the token in it) into their messages."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return type(exc).__name__ + (f" (HTTP {status})" if status else "")
 
 
 def send(block_slug: str, subject: str, body: str) -> None:

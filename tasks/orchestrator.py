@@ -18,9 +18,9 @@ from prefect.events import emit_event
 from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
 from prefect.logging import get_logger
 
-from sevflow.models import IncidentContext, TimelineEntry
+from sevflow.models import RECORD_PREFIX, IncidentContext, TimelineEntry
 
-RECORD_PREFIX = "sevflow-record-"
+__all__ = ["RECORD_PREFIX", "write_record", "read_record", "read_records", "record_timeline", "emit_incident_event"]
 
 log = get_logger("sevflow.records")
 

@@ -56,11 +56,37 @@ def test_one_allowed_rejection_closes_the_gate_an_unallowed_one_does_not() -> No
     assert tally.outcome is GateOutcome.REJECTED
 
 
-def test_expired_answer_ends_the_gate() -> None:
+def test_expiry_counts_only_once_the_escalation_schedule_ran_out() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    tiers = {"*": [EscalationTier(name="primary", wait_seconds=60), EscalationTier(name="second", wait_seconds=60)]}
+    req = requirement_for(RULES, tiers, "application-rollback", Severity.SEV1)
+    early = GateAnswer(decision="expired", approver="sevflow escalation", reason="r",
+                       received_at=t0 + timedelta(seconds=119))
+    tally = GateTally()
+    verdict, sentence = judge(early, req, tally, opened_at=t0)
+    assert verdict is AnswerVerdict.IGNORED and "before the escalation schedule ran out" in sentence
+    assert tally.outcome is None
+    on_time = early.model_copy(update={"received_at": t0 + timedelta(seconds=120)})
+    assert judge(on_time, req, tally, opened_at=t0)[0] is AnswerVerdict.EXPIRED
+    assert tally.outcome is GateOutcome.EXPIRED
+    # A gate without tiers never expires, whoever writes the answer.
+    no_tiers = requirement_for(RULES, {}, "application-rollback", Severity.SEV1)
+    assert judge(on_time, no_tiers, GateTally(), opened_at=t0)[0] is AnswerVerdict.IGNORED
+
+
+def test_an_answer_counts_only_for_the_plan_it_was_given_for() -> None:
     req = requirement_for(RULES, {}, "application-rollback", Severity.SEV1)
     tally = GateTally()
-    assert judge(answer("expired", "sevflow escalation"), req, tally)[0] is AnswerVerdict.EXPIRED
-    assert tally.outcome is GateOutcome.EXPIRED
+    for_a = GateAnswer(decision="approve", approver="alice", reason="r", plan_digest="a" * 64)
+    verdict, sentence = judge(for_a, req, tally, plan_digest="b" * 64)
+    assert verdict is AnswerVerdict.IGNORED and "asks about plan bbbbbbbbbbbb" in sentence
+    assert tally.approvals == [] and tally.outcome is None
+    assert judge(for_a, req, tally, plan_digest="a" * 64)[0] is AnswerVerdict.COUNTED
+
+
+def test_a_rule_cannot_need_more_approvers_than_it_lists() -> None:
+    with pytest.raises(ValueError, match="needs 3 distinct approvals but lists 2"):
+        ApprovalRule(approvers=["alice", "Alice", "bob"], required_approvals=3)
 
 
 def test_escalation_schedule() -> None:
@@ -85,6 +111,7 @@ def test_severity_parsing_and_targets() -> None:
 
 
 @pytest.mark.parametrize("module", ["sevflow.models", "sevflow.policy", "sevflow.plans", "sevflow.versions",
+                                    "sevflow.markdown",
                                     "sevflow.records", "sevflow.intake.alerts",
                                     "sevflow.intake.rules", "sevflow.intake.auth"])
 def test_pure_modules_import_no_io_library(module: str) -> None:

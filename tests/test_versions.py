@@ -159,7 +159,7 @@ def test_preview_markdown_lists_commits_and_diff_stat() -> None:
     )
     text = render_preview_markdown(preview)
     assert "2 commits undone" in text
-    assert f"- `{commit(3).short}` change 3 — Ada, 2024-03-01 15:00 UTC" in text
+    assert f"- `{commit(3).short}` change 3 — Ada, 2024-03-01 15:00:00 UTC" in text
     assert f"- `{commit(2).short}` change 2" in text
     assert "```text\n app.js | 2 +-" in text
     assert preview.to_sha[:12] in text and preview.from_sha[:12] in text

@@ -32,8 +32,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPS
 
 from sevflow.deployments import DEPLOYMENT_NAME
 from sevflow.intake.store import Incident, Pending, Store, _seen_key
-from sevflow.models import TimelineEntry
-from sevflow.tasks.orchestrator import RECORD_PREFIX
+from sevflow.models import RECORD_PREFIX, TimelineEntry, incident_resource
 
 log = logging.getLogger("sevflow.intake")
 
@@ -232,7 +231,7 @@ class Deliverer:
             occurred=row.received_at,
             event=f"sevflow.alert.{alert.status}",
             resource={
-                "prefect.resource.id": f"sevflow.incident.{incident.incident_id}",
+                "prefect.resource.id": incident_resource(incident.incident_id),
                 "prefect.resource.name": f"{incident.incident_id} ({incident.service}, {route.severity.value})",
                 "sevflow.service": incident.service,
                 "sevflow.severity": route.severity.value,

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from sevflow.blocks.service import ServiceTarget
-from sevflow.errors import PreflightError
+from sevflow.errors import DriftError, PreflightError
+from sevflow.models import GitRestore
 from sevflow.tasks.git import (
     config_diff,
     config_history,
@@ -123,6 +124,24 @@ def shop(tmp_path: Path) -> Shop:
     )
     target = ServiceTarget(service="shop", repository=str(path), branch="main", config_files=[ENV])
     return Shop(path, target, c1, c2, c3, c4)
+
+
+def _restore(target: ServiceTarget, to: str, head: str, run_key: str, tree_sha: str = ""):
+    """restore_version with the operation a plan would hold (tree check off unless given)."""
+    sha = git(target.repository_path, "rev-parse", "--verify", f"{to}^{{commit}}") if to != "v9" else to
+    subject = "Roll back" if to == "v9" else git(target.repository_path, "log", "-1", "--format=%h: %s", sha)
+    op = GitRestore(service=target.service, repository=target.repository, branch=target.branch, expected_head=head,
+                    source_sha=to, source_tree=tree_sha, run_key=run_key,
+                    subject=f"Roll back {target.service} to {subject}")
+    return restore_version.fn(op)
+
+
+def _restore_file(target: ServiceTarget, path: str, source: str, head: str, run_key: str, blob: str = ""):
+    short = git(target.repository_path, "rev-parse", "--short", source)
+    op = GitRestore(service=target.service, repository=target.repository, branch=target.branch, expected_head=head,
+                    source_sha=source, source_tree=blob, path=path, run_key=run_key,
+                    subject=f"Restore {path} from {short}")
+    return restore_config_file.fn(op)
 
 
 # -- check the repository -------------------------------------------------------------------
@@ -281,7 +300,7 @@ def test_rollback_preview(shop: Shop) -> None:
 
 
 def test_restore_version_adds_a_commit_with_the_exact_old_tree(shop: Shop) -> None:
-    result = restore_version.fn(shop.target, shop.c2, shop.c4, "run-1")
+    result = _restore(shop.target, shop.c2, shop.c4, "run-1")
 
     assert result.created is True
     assert result.previous_head == shop.c4 and result.restored_sha == shop.c2
@@ -305,10 +324,10 @@ def test_restore_version_adds_a_commit_with_the_exact_old_tree(shop: Shop) -> No
 
 
 def test_restore_version_rerun_changes_nothing(shop: Shop) -> None:
-    first = restore_version.fn(shop.target, shop.c2, shop.c4, "run-1")
+    first = _restore(shop.target, shop.c2, shop.c4, "run-1")
     before = state(shop.path)
 
-    again = restore_version.fn(shop.target, shop.c2, shop.c4, "run-1")
+    again = _restore(shop.target, shop.c2, shop.c4, "run-1")
 
     assert again.created is False
     assert (again.previous_head, again.new_head, again.restored_sha) == (shop.c4, first.new_head, shop.c2)
@@ -319,7 +338,7 @@ def test_restore_version_rerun_changes_nothing(shop: Shop) -> None:
 def test_restore_version_refuses_if_the_branch_moved_since_approval(shop: Shop) -> None:
     before = state(shop.path)
     with pytest.raises(PreflightError, match="since the change was approved"):
-        restore_version.fn(shop.target, shop.c2, shop.c3, "run-1")
+        _restore(shop.target, shop.c2, shop.c3, "run-1")
     assert state(shop.path) == before
 
 
@@ -327,21 +346,21 @@ def test_restore_version_refuses_a_dirty_checkout(shop: Shop) -> None:
     (shop.path / "app.js").write_text("hotpatched on the box\n")
     before = state(shop.path)
     with pytest.raises(PreflightError, match="app.js"):
-        restore_version.fn(shop.target, shop.c2, shop.c4, "run-1")
+        _restore(shop.target, shop.c2, shop.c4, "run-1")
     assert state(shop.path) == before
 
 
 def test_restore_version_refuses_an_unknown_version(shop: Shop) -> None:
     before = state(shop.path)
     with pytest.raises(PreflightError, match="Unknown version 'v9'"):
-        restore_version.fn(shop.target, "v9", shop.c4, "run-1")
+        _restore(shop.target, "v9", shop.c4, "run-1")
     assert state(shop.path) == before
 
 
 def test_return_to_the_version_that_was_running(shop: Shop) -> None:
-    rolled_back = restore_version.fn(shop.target, shop.c2, shop.c4, "run-1")
+    rolled_back = _restore(shop.target, shop.c2, shop.c4, "run-1")
 
-    back = restore_version.fn(shop.target, rolled_back.previous_head, rolled_back.new_head, "run-2")
+    back = _restore(shop.target, rolled_back.previous_head, rolled_back.new_head, "run-2")
 
     assert back.created is True
     assert tree(shop.path, "HEAD") == tree(shop.path, shop.c4)
@@ -352,7 +371,7 @@ def test_return_to_the_version_that_was_running(shop: Shop) -> None:
 
 def test_restore_to_the_running_content_commits_nothing(shop: Shop) -> None:
     before = state(shop.path)
-    result = restore_version.fn(shop.target, shop.c4, shop.c4, "run-1")
+    result = _restore(shop.target, shop.c4, shop.c4, "run-1")
     assert result.created is False and result.new_head == result.previous_head == shop.c4
     assert state(shop.path) == before
 
@@ -373,7 +392,7 @@ def test_config_file_not_listed_is_refused(shop: Shop) -> None:
     with pytest.raises(PreflightError, match=r"allowed: \.env\.example"):
         config_history.fn(shop.target, "app.js")
     with pytest.raises(PreflightError, match="not a configuration file"):
-        restore_config_file.fn(shop.target, "app.js", shop.c1, shop.c4, "run-1")
+        config_diff.fn(shop.target, "app.js", shop.c1)
     assert state(shop.path) == before
 
 
@@ -402,7 +421,7 @@ def test_config_diff_refuses_unknown_ref_and_missing_file(shop: Shop) -> None:
 
 
 def test_restore_config_file_commits_only_that_file(shop: Shop) -> None:
-    result = restore_config_file.fn(shop.target, ENV, shop.c3, shop.c4, "run-7")
+    result = _restore_file(shop.target, ENV, shop.c3, shop.c4, "run-7")
 
     assert result.created is True
     assert (result.previous_head, result.restored_sha) == (shop.c4, shop.c3)
@@ -418,7 +437,7 @@ def test_restore_config_file_commits_only_that_file(shop: Shop) -> None:
     assert f"Sevflow-Run: run-7\nRolled-Back-From: {shop.c4}" in message
 
     before = state(shop.path)
-    again = restore_config_file.fn(shop.target, ENV, shop.c3, shop.c4, "run-7")
+    again = _restore_file(shop.target, ENV, shop.c3, shop.c4, "run-7")
     assert again.created is False and again.new_head == result.new_head
     assert state(shop.path) == before
 
@@ -426,8 +445,31 @@ def test_restore_config_file_commits_only_that_file(shop: Shop) -> None:
 def test_restore_config_file_refuses_if_branch_moved_or_file_missing(shop: Shop) -> None:
     before = state(shop.path)
     with pytest.raises(PreflightError, match="since the change was approved"):
-        restore_config_file.fn(shop.target, ENV, shop.c3, shop.c2, "run-7")
+        _restore_file(shop.target, ENV, shop.c3, shop.c2, "run-7")
     target = shop.target.model_copy(update={"config_files": [ENV, "checkout.js"]})
     with pytest.raises(PreflightError, match="is not a file in commit"):
-        restore_config_file.fn(target, "checkout.js", shop.c1, shop.c4, "run-7")
+        _restore_file(target, "checkout.js", shop.c1, shop.c4, "run-7")
     assert state(shop.path) == before
+
+
+def test_restore_refuses_content_other_than_the_approved_tree_or_blob(shop: Shop) -> None:
+    before = state(shop.path)
+    with pytest.raises(DriftError, match="not the approved"):
+        _restore(shop.target, shop.c2, shop.c4, "run-1", tree_sha=tree(shop.path, shop.c1))
+    with pytest.raises(DriftError, match="not the approved"):
+        _restore_file(shop.target, ENV, shop.c3, shop.c4, "run-1", blob=git(shop.path, "rev-parse", f"{shop.c1}:{ENV}"))
+    assert state(shop.path) == before
+    assert _restore(shop.target, shop.c2, shop.c4, "run-1", tree_sha=tree(shop.path, shop.c2)).created
+
+
+def test_head_drift_names_what_moved(shop: Shop) -> None:
+    from sevflow.models import Precondition
+    from sevflow.tasks.git import head_drift
+
+    pre = Precondition(check="git-head", description="", repository=str(shop.path), branch="main", sha=shop.c4)
+    assert head_drift(pre) is None
+    (shop.path / "debug.log").write_text("left behind\n")
+    assert "local changes: debug.log" in head_drift(pre)
+    (shop.path / "debug.log").unlink()
+    moved = commit(shop.path, "Hotfix on the box", {"app.js": "v5\n"}, date="2024-03-06T12:00:00+00:00")
+    assert f"moved from {shop.c4[:12]} to {moved[:12]} ('Hotfix on the box')" in head_drift(pre)

@@ -1,0 +1,47 @@
+"""Checking an approved plan still holds, just before it is carried out; showing a plan."""
+
+from __future__ import annotations
+
+from prefect.artifacts import create_markdown_artifact
+
+from sevflow.models import IncidentContext, Plan, TimelineEntry, utcnow
+from sevflow.tasks.common import step
+from sevflow.tasks.git import head_drift
+from sevflow.tasks.orchestrator import emit_incident_event, record_timeline
+from sevflow.tasks.targets import target_changes
+
+
+@step("check the approved plan still holds", timeline=False)
+def check_preconditions(incident: IncidentContext, gate: str, plan: Plan) -> list[str]:
+    """Every precondition of the approved plan, checked against the world now. Returns what
+    moved (empty when all hold) and, if anything did, says so on the timeline. Changes nothing.
+
+    Persisted per run, gate and plan: a replay takes the same path as the first pass."""
+    moved: list[str] = []
+    for pre in plan.preconditions:
+        if pre.check == "git-head":
+            drift = head_drift(pre)
+            if drift:
+                moved.append(drift)
+        elif pre.check == "target-unchanged" and pre.target is not None:
+            changes = target_changes(pre.target)
+            if changes:
+                moved.append(f"service target {pre.target.block!r} edited: {', '.join(changes)}")
+    if moved:
+        record_timeline(incident, f"{gate}-90-drift", TimelineEntry(
+            at=utcnow(), source="sevflow", kind="drift",
+            description=f"Approved plan {plan.digest[:12]} no longer holds, nothing was changed: " + "; ".join(moved),
+            details={"gate": gate, "plan_digest": plan.digest, "moved": moved},
+        ))
+        emit_incident_event(incident, "sevflow.plan.drifted", {"gate": gate, "plan_digest": plan.digest, "moved": moved})
+    return moved
+
+
+@step("show the plan (dry run)", timeline=False)
+def show_plan(incident: IncidentContext, gate: str, plan: Plan) -> str:
+    """Publish the plan a gate would ask about as an artifact on the run. Changes nothing."""
+    create_markdown_artifact(
+        key=f"plan-{gate}", markdown=f"**Dry run: gate `{gate}` would ask for this plan.**\n\n{plan.describe()}",
+        description=f"Dry run of {incident.procedure} for {incident.service}: plan {plan.digest[:12]}",
+    )
+    return plan.digest

@@ -1,0 +1,38 @@
+"""The service target block as Prefect stores it: read once per plan, checked before acting.
+
+A plan is made from one reading of the block (its fields, the names of its secrets). Before
+a command runs, the block is read again and compared: an edit made while a gate waited
+(another deploy command, another repository, another file) stops the change.
+"""
+
+from __future__ import annotations
+
+from sevflow.blocks.service import ServiceTarget
+from sevflow.models import ServiceSpec
+from sevflow.tasks.common import step
+
+
+@step("read the service target", timeline=False)
+def read_service_target(service: str, reading: str = "") -> ServiceSpec:
+    """The block `service` as it is now, without secret values. Persisted per run and
+    reading (the kit passes the gate's name), so every replay of the run plans from the same
+    reading, and a plan made again after drift reads afresh. Changes nothing."""
+    return ServiceTarget.for_service(service).spec(service).model_copy(update={"reading": reading})
+
+
+def target_changes(planned: ServiceSpec) -> list[str]:
+    """What moved in the block since `planned` was read: one sentence per field, or a
+    sentence saying the block is gone; empty when it is unchanged."""
+    try:
+        live = ServiceTarget.load(planned.block)
+    except ValueError:
+        return [f"the service target block {planned.block!r} was deleted"]
+    return live.spec(planned.block).changes_since(planned)  # type: ignore[attr-defined]
+
+
+def load_secrets(block: str, names: list[str]) -> tuple[dict[str, str], list[str]]:
+    """(environment for a command: only the `names` it was approved with; every secret value
+    of the block, to mask output). The block's own methods are where values are unwrapped."""
+    target = ServiceTarget.for_service(block)
+    env = target.command_environment()
+    return {name: env[name] for name in names if name in env}, target.secret_values()
