@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from sevflow import plans
 from sevflow.errors import ConfigurationError, PreflightError
-from sevflow.kit import NothingToDo, Plan, Procedure, ProcedureEnd, Severity, begin, publish_records, read_service_target, run
+from sevflow.kit import NothingToDo, procedure_parameters, Plan, Procedure, ProcedureEnd, Severity, begin, publish_records, read_service_target, run
 from sevflow.models import ServiceSpec
 from sevflow.tasks.git import inspect_repository, recent_history, resolve_version, restore_version, rollback_preview
 from sevflow.tasks.host import build, deploy, missing_commands
@@ -40,6 +40,7 @@ class RollbackReport(BaseModel):
 
 
 @flow(name=PROCEDURE, persist_result=True, log_prints=False)
+@procedure_parameters
 def application_rollback(
     service: str,
     version: str | None = None,
@@ -60,11 +61,6 @@ def application_rollback(
     Args:
         service: Name of the `sevflow Service Target` block of the service to roll back.
         version: Commit, tag or branch to roll back to; empty for the newest known-good version.
-        severity: SEV-1 critical (production down) · SEV-2 major · SEV-3 minor · SEV-4 low.
-        incident_id: The incident this run works on; empty to open a new one.
-        reason: Why, in a sentence: recorded on the timeline.
-        policy: The `sevflow Approval Policy` block that decides who may approve.
-        dry_run: Show the plan the gate would ask about and change nothing.
     """
     read_service_target(service)  # an unknown service stops here, before anything
     ctx = begin(PROCEDURE, service, severity, incident_id, reason, policy, dry_run)

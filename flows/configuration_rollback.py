@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from sevflow import plans
 from sevflow.errors import ConfigurationError, PreflightError
-from sevflow.kit import NothingToDo, Plan, Procedure, ProcedureEnd, Severity, begin, publish_records, read_service_target, run
+from sevflow.kit import NothingToDo, procedure_parameters, Plan, Procedure, ProcedureEnd, Severity, begin, publish_records, read_service_target, run
 from sevflow.models import ServiceSpec
 from sevflow.tasks.git import config_diff, config_history, resolve_version, restore_config_file
 from sevflow.tasks.host import missing_commands, reload_configuration
@@ -35,6 +35,7 @@ class ConfigRollbackReport(BaseModel):
 
 
 @flow(name=PROCEDURE, persist_result=True, log_prints=False)
+@procedure_parameters
 def configuration_rollback(
     service: str,
     config_file: str | None = None,
@@ -55,11 +56,6 @@ def configuration_rollback(
         service: Name of the `sevflow Service Target` block of the service.
         config_file: The file to restore (a path its block lists); empty if the block lists one.
         commit: Commit to restore it from; empty for the version before the file's last change.
-        severity: SEV-1 critical (production down) · SEV-2 major · SEV-3 minor · SEV-4 low.
-        incident_id: The incident this run works on; empty to open a new one.
-        reason: Why, in a sentence: recorded on the timeline.
-        policy: The `sevflow Approval Policy` block that decides who may approve.
-        dry_run: Show the plan the gate would ask about and change nothing.
     """
     read_service_target(service)  # an unknown service stops here, before anything
     ctx = begin(PROCEDURE, service, severity, incident_id, reason, policy, dry_run)

@@ -133,9 +133,10 @@ def plan(
         if as_json:
             out.print_json(data=shown)
         else:
-            out.print(shown["text"], markup=False, highlight=False)
-            out.print(f"\nGate {shown['gate']!r} would ask about plan {shown['digest']}.", highlight=False)
-            out.print("Nothing was asked for and nothing was changed.")
+            # Plain output, never wrapped: the plan is read and copied exactly.
+            typer.echo(shown["text"])
+            typer.echo(f"\nGate {shown['gate']!r} would ask about plan {shown['digest']}.")
+            typer.echo("Nothing was asked for and nothing was changed.")
         return
     if state.is_completed():
         out.print(state.message or state.name, markup=False)
@@ -175,15 +176,15 @@ def pending() -> None:
     if not gates:
         out.print("No run is waiting for approval.")
         return
-    table = Table("flow run", "incident", "sev", "proposed change", "plan digest", "waiting since (UTC)",
+    table = Table("flow run", "incident", "sev", "proposed change (plan digest)", "waiting since (UTC)",
                   "who may answer", "approved by")
     for run, request in gates:
         answers = read_records(run.id, f"{RECORD_PREFIX}{request.gate}-")
         approved = sorted({v.get("actor", "") for v in answers.values()
                            if isinstance(v, dict) and v.get("details", {}).get("verdict") == "counted"})
         table.add_row(
-            str(run.id), request.incident.incident_id, request.incident.severity.value, request.plan.title,
-            request.digest[:12],
+            str(run.id), request.incident.incident_id, request.incident.severity.value,
+            f"{request.plan.title} (plan {request.digest[:12]})",
             request.opened_at.strftime("%Y-%m-%d %H:%M:%S"),
             f"{', '.join(request.approvers)} ({request.required_approvals} needed)", ", ".join(approved) or "-",
         )

@@ -10,7 +10,8 @@ from __future__ import annotations
 import html
 import re
 
-_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|>~])")
+# Characters that can start markup inside a line; `<`, `>` and `&` are HTML-escaped instead.
+_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
 
 def escape(text: object) -> str:

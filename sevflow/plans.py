@@ -46,7 +46,7 @@ def head_unchanged(spec: ServiceSpec, head: str) -> Precondition:
 
 
 def target_unchanged(spec: ServiceSpec) -> Precondition:
-    return Precondition(check="target-unchanged", target=spec,
+    return Precondition(check="target-unchanged", target=spec.model_copy(update={"reading": ""}),
                         description=f"the service target block {spec.block!r} is unchanged "
                         f"(fingerprint {spec.fingerprint()[:12]})")
 

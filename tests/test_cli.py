@@ -27,12 +27,18 @@ def test_run_pending_approve_through_the_cli(service: Service, worker, stack) ->
     assert pending.returncode == 0 and run_id[:8] in pending.stdout.replace("\n", "")
     assert "alice" in pending.stdout and "Roll back" in pending.stdout
 
+    from sevflow.tasks.orchestrator import read_record
+
+    digest = read_record(run_id, "sevflow-gate-rollback-request")["digest"]
+    wide = subprocess.run([sys.executable, "-m", "sevflow", "pending"], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ) | stack.env() | {"COLUMNS": "300"}, stdin=subprocess.DEVNULL)
+    assert f"(plan {digest[:12]})" in wide.stdout
+    before = service.repo.snapshot()
     refused = sevflow(stack, "approve", run_id, "--as", "mallory", "--reason", "let me")
     assert refused.returncode == 1 and "may not approve" in refused.stderr
-    before = service.repo.snapshot()
-    assert service.repo.snapshot() == before
 
     wait_paused(run_id, gate_answer=2)
+    assert service.repo.snapshot() == before  # the refused answer changed nothing
     approved = sevflow(stack, "approve", run_id, "--as", "alice", "--reason", "v2 is good")
     assert approved.returncode == 0, approved.stderr
     assert wait_final(run_id).state.type.value == "COMPLETED"

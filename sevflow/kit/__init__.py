@@ -8,6 +8,7 @@ gather facts (read-only steps) → decide (pure code in `sevflow.plans`) → `ct
 """
 
 from sevflow.incident import open_incident, publish_records
+from sevflow.kit.parameters import SHARED_PARAMETERS, procedure_parameters
 from sevflow.kit.preconditions import check_preconditions
 from sevflow.kit.procedure import (
     AWAITING_HUMAN_DECISION,
@@ -32,5 +33,5 @@ __all__ = [
     "AWAITING_HUMAN_DECISION", "DRY_RUN", "NOTHING_TO_DO", "PLAN_DRIFTED", "REJECTED",
     "DryRunEnd", "GateClosed", "IncidentContext", "NothingToDo", "Plan", "PlanKeptDrifting", "Procedure",
     "ProcedureEnd", "Severity", "begin", "check_preconditions", "open_incident", "publish_records",
-    "read_service_target", "run", "step",
+    "read_service_target", "run", "step", "SHARED_PARAMETERS", "procedure_parameters",
 ]

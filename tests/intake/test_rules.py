@@ -9,8 +9,16 @@ from sevflow.intake.alerts import Alert
 from sevflow.intake.rules import EXAMPLE, load_rules
 from sevflow.models import Severity
 
-PROCS = {"application-rollback": ["service", "version", "severity", "incident_id", "reason", "policy"],
-         "configuration-rollback": ["service", "path", "severity", "incident_id", "reason", "policy"]}
+def _procedures() -> dict[str, list[str]]:
+    # The real procedures' parameters: a rule may only name parameters a procedure has.
+    import inspect
+
+    from sevflow.deployments import procedures
+
+    return {name: list(inspect.signature(f.fn).parameters) for name, f in procedures().items()}
+
+
+PROCS = _procedures()
 
 GOOD = """\
 rules:
@@ -29,7 +37,7 @@ rules:
     procedure: configuration-rollback
     service_label: service
     severity: sev2
-    parameters: {path: app.env}
+    parameters: {config_file: app.env}
 """
 
 

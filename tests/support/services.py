@@ -75,8 +75,9 @@ class HealthApp(_Server):
 class WebhookReceiver(_Server):
     """A notification receiver: records every request it gets."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: int = 200) -> None:
         self.received: list[dict[str, Any]] = []
+        self.status = status  # answer 500 to play a receiver that is down
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
@@ -88,7 +89,7 @@ class WebhookReceiver(_Server):
                 except json.JSONDecodeError:
                     body = {"raw": raw.decode(errors="replace")}
                 receiver.received.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                self.send_response(200)
+                self.send_response(receiver.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

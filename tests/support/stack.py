@@ -133,6 +133,39 @@ class Worker(_Child):
         raise RuntimeError(f"sevflow serve did not register its deployments: see {self.log_path}")
 
 
+class ServedFlow(_Child):
+    """A flow of the tests' own, served by `flow.serve()` in its own process (plain Prefect)."""
+
+    def __init__(self, module_flow: str, flow_name: str, env: dict[str, str], log_path: Path) -> None:
+        self.module = module_flow.split(":")[0]
+        self.flow_name = flow_name
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120.0) -> None:
+        from tests.support.wait import until
+
+        root = Path(__file__).resolve().parents[2]
+        self.process = subprocess.Popen([sys.executable, "-m", self.module], cwd=root,
+                                        env=dict(os.environ) | self.env, stdout=self.log_path.open("ab"),
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        api = self.env["PREFECT_API_URL"]
+
+        def registered() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.module} exited: {self.log_path.read_text()[-2000:]}")
+            return httpx.get(f"{api}/deployments/name/{self.flow_name}/test", timeout=5).status_code == 200
+
+        until(registered, timeout=timeout, what=f"{self.flow_name} to be served")
+
+    def run(self, **parameters: object) -> str:
+        from prefect.deployments import run_deployment
+
+        return str(run_deployment(f"{self.flow_name}/test", parameters=parameters, timeout=0).id)
+
+
 class Intake(_Child):
     """`sevflow intake` in its own process group, with its own rules file and store."""
 
