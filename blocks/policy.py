@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from prefect.blocks.core import Block
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sevflow.models import Severity
-from sevflow.policy import ApprovalRule, EscalationTier, GateRequirement, requirement_for
+from sevflow.policy import ApprovalRule, EscalationTier, GateRequirement, check_approver_keys, requirement_for
 
 __all__ = ["ApprovalPolicy", "ApprovalRule", "EscalationTier"]
 
@@ -54,6 +54,20 @@ class ApprovalPolicy(Block):
         default_factory=_default_escalation,
         description="Escalation tiers per severity (SEV-1..SEV-4, or `*` for any).",
     )
+    approver_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="Each approver's SSH public key (ed25519 or ECDSA, the line of id_ed25519.pub), by name. "
+        "Signed answers are checked against it; once any key is listed, SEV-1 and SEV-2 changes need them.",
+    )
+    forbid_self_approval: bool = Field(
+        default=True, description="Whoever requested a change may not count as its approver."
+    )
+
+    @field_validator("approver_keys")
+    @classmethod
+    def _keys(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_approver_keys(value)
 
     def requirement(self, kind: str, severity: Severity) -> GateRequirement:
-        return requirement_for(self.rules, self.escalation, kind, severity)
+        return requirement_for(self.rules, self.escalation, kind, severity, self.approver_keys,
+                               self.forbid_self_approval)

@@ -60,6 +60,11 @@ class ServiceTarget(Block):
         description="A commit trailer with this key (value yes/true) also marks a known-good version.",
     )
     command_timeout_seconds: float = Field(default=900.0, description="Longest a build, deploy or reload may run.")
+    approval_policy: str | None = Field(
+        default=None,
+        description="The sevflow Approval Policy block that judges this service's changes. Set, a run "
+        "cannot pick another (weaker) policy with its `policy` parameter.",
+    )
     command_secrets: dict[str, SecretStr] = Field(
         default_factory=dict,
         description="Environment variables for the commands whose values are secret (tokens, passwords).",

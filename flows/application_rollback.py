@@ -62,8 +62,8 @@ def application_rollback(
         service: Name of the `sevflow Service Target` block of the service to roll back.
         version: Commit, tag or branch to roll back to; empty for the newest known-good version.
     """
-    read_service_target(service)  # an unknown service stops here, before anything
-    ctx = begin(PROCEDURE, service, severity, incident_id, reason, policy, dry_run)
+    spec = read_service_target(service)  # an unknown service stops here, before anything
+    ctx = begin(PROCEDURE, service, severity, incident_id, reason, policy, dry_run, spec.approval_policy)
     return run(ctx, roll_back_application, service, version)
 
 

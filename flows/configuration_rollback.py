@@ -57,8 +57,8 @@ def configuration_rollback(
         config_file: The file to restore (a path its block lists); empty if the block lists one.
         commit: Commit to restore it from; empty for the version before the file's last change.
     """
-    read_service_target(service)  # an unknown service stops here, before anything
-    ctx = begin(PROCEDURE, service, severity, incident_id, reason, policy, dry_run)
+    spec = read_service_target(service)  # an unknown service stops here, before anything
+    ctx = begin(PROCEDURE, service, severity, incident_id, reason, policy, dry_run, spec.approval_policy)
     return run(ctx, roll_back_configuration, service, config_file, commit)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -148,6 +149,9 @@ def plan(
 def run(
     procedure: str = typer.Argument(..., help="e.g. application-rollback"),
     param: list[str] = typer.Option([], "--param", "-p", help="key=value, repeatable"),
+    as_: str = typer.Option("", "--as", help="Your name: recorded as who requested the change (the policy "
+                            "may then refuse your own approval)."),
+    key: str = typer.Option("", "--key", envvar="SEVFLOW_SIGNING_KEY", help="Sign the request with this SSH key."),
 ) -> None:
     """Start a procedure's run on the served deployment and print its link."""
     from prefect.deployments import run_deployment
@@ -156,13 +160,30 @@ def run(
     from sevflow.tasks.orchestrator import run_url
 
     params = _procedure_params(procedure, param)
+    if key and not Path(key).expanduser().exists():
+        _fail(f"No signing key at {key}: nothing was started.")
     try:
         flow_run = run_deployment(f"{procedure}/{DEPLOYMENT_NAME}", parameters=params, timeout=0)
     except Exception as exc:  # the server's words are the useful part
         _fail(f"could not start {procedure}: {exc}")
+    if as_:
+        _record_requester(str(flow_run.id), as_, key)
     out.print(f"Started {procedure}: flow run {flow_run.id} ({flow_run.name})")
     out.print(f"  {run_url(flow_run.id) or ''}")
     out.print(f"  It will pause at the approval gate; answer with: sevflow approve {flow_run.id} --as NAME --reason TEXT")
+
+
+def _record_requester(flow_run_id: str, name: str, key: str) -> None:
+    from sevflow import identity
+    from sevflow.models import REQUESTER_KEY, utcnow
+    from sevflow.tasks.orchestrator import write_record
+
+    signed_at = utcnow().isoformat()
+    record = {"name": name, "signed_at": signed_at, "how": "sevflow run"}
+    if key:
+        message = identity.requester_message(run=flow_run_id, requester=name, signed_at=signed_at)
+        record["signature"] = identity.sign(message, Path(key))
+    write_record(flow_run_id, REQUESTER_KEY, record)
 
 
 @app.command()
@@ -191,14 +212,22 @@ def pending() -> None:
     out.print(table)
 
 
-def _answer(decision: str, flow_run_id: str, name: str, reason: str, wait: float) -> None:
+def _answer(decision: str, flow_run_id: str, name: str, reason: str, wait: float, key: str) -> None:
+    from sevflow.errors import ApprovalError
     from sevflow.gate import AnswerRefused, answer_gate
 
     try:
-        verdict = answer_gate(flow_run_id, decision, name, reason, wait_seconds=wait)  # type: ignore[arg-type]
+        verdict = answer_gate(flow_run_id, decision, name, reason, wait_seconds=wait,  # type: ignore[arg-type]
+                              key=key or None)
     except AnswerRefused as exc:
         _fail(str(exc), code=1)
+    except ApprovalError as exc:
+        _fail(str(exc), code=2)
     out.print(verdict)
+
+
+KEY_HELP = ("Your SSH key to sign the answer with (private key file, or the .pub of a key in ssh-agent); "
+            "default $SEVFLOW_SIGNING_KEY. Needed where the policy asks for signed answers.")
 
 
 @app.command()
@@ -207,9 +236,10 @@ def approve(
     as_: str = typer.Option(..., "--as", help="Your name, as the approval policy lists you."),
     reason: str = typer.Option(..., "--reason", help="Why; recorded in the timeline."),
     wait: float = typer.Option(15.0, help="Seconds to wait for the gate's verdict."),
+    key: str = typer.Option("", "--key", envvar="SEVFLOW_SIGNING_KEY", help=KEY_HELP),
 ) -> None:
     """Approve the change a run is waiting on."""
-    _answer("approve", flow_run_id, as_, reason, wait)
+    _answer("approve", flow_run_id, as_, reason, wait, key)
 
 
 @app.command()
@@ -218,9 +248,10 @@ def reject(
     as_: str = typer.Option(..., "--as", help="Your name, as the approval policy lists you."),
     reason: str = typer.Option(..., "--reason", help="Why; recorded in the timeline."),
     wait: float = typer.Option(15.0, help="Seconds to wait for the gate's verdict."),
+    key: str = typer.Option("", "--key", envvar="SEVFLOW_SIGNING_KEY", help=KEY_HELP),
 ) -> None:
     """Reject the change a run is waiting on: nothing is changed."""
-    _answer("reject", flow_run_id, as_, reason, wait)
+    _answer("reject", flow_run_id, as_, reason, wait, key)
 
 
 @app.command()

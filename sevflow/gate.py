@@ -36,6 +36,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
@@ -54,9 +55,11 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from sevflow.errors import ApprovalError, ConfigurationError
+from sevflow import identity
 from sevflow import markdown as md
 from sevflow.models import (
     RECORD_PREFIX,
+    REQUESTER_KEY,
     AnswerVerdict,
     GateAnswer,
     GateRequest,
@@ -75,6 +78,7 @@ from sevflow.policy import (
     GateTally,
     PolicyError,
     escalation_step,
+    normalise_name,
 )
 from sevflow.tasks import notify
 from sevflow.tasks.common import step
@@ -105,6 +109,12 @@ class ApprovalInput(RunInput):
         description="The plan you are answering for (filled in; it must match the plan shown above, "
         "or the answer is recorded and ignored).",
     )
+    signature: str = Field(
+        default="", title="Signature",
+        description="Filled in by `sevflow approve --key`; where the policy needs signed answers, an "
+        "answer without one is recorded and ignored.",
+    )
+    signed_at: str = Field(default="", title="Signed at", description="Filled in with the signature.")
 
 
 request_key = gate_request_key
@@ -138,6 +148,7 @@ def open_gate(incident: IncidentContext, gate: str, plan: Plan, policy_name: str
     except PolicyError as exc:
         raise ConfigurationError(str(exc)) from exc
 
+    requester, requester_verified = _requester(incident.flow_run_id, requirement.approver_keys | _all_keys(policy))
     request = GateRequest(
         gate=gate,
         incident=incident,
@@ -147,6 +158,11 @@ def open_gate(incident: IncidentContext, gate: str, plan: Plan, policy_name: str
         required_approvals=requirement.required_approvals,
         tiers=[t.model_dump(mode="json") for t in requirement.tiers],
         opened_at=utcnow(),
+        verified=requirement.verified,
+        approver_keys=requirement.approver_keys,
+        forbid_self_approval=requirement.forbid_self_approval,
+        requester=requester,
+        requester_verified=requester_verified,
     )
     if not write_record(incident.flow_run_id, request_key(gate), request.model_dump(mode="json")):
         stored = GateRequest.model_validate(read_record(incident.flow_run_id, request_key(gate)))
@@ -185,6 +201,47 @@ def open_gate(incident: IncidentContext, gate: str, plan: Plan, policy_name: str
     return request
 
 
+def _all_keys(policy: Any) -> dict[str, str]:
+    return dict(getattr(policy, "approver_keys", {}) or {})
+
+
+def _requester(flow_run_id: str, keys: dict[str, str]) -> tuple[str, bool]:
+    """Who asked for this run's changes, and whether they proved it (a signature by their key)."""
+    stored = read_record(flow_run_id, REQUESTER_KEY)
+    if not isinstance(stored, dict) or not stored.get("name"):
+        return "unknown", False
+    name = str(stored["name"])
+    key = keys.get(normalise_name(name), "")
+    message = identity.requester_message(run=flow_run_id, requester=name, signed_at=str(stored.get("signed_at", "")))
+    return name, bool(key) and identity.verify(message, str(stored.get("signature", "")), name, key)
+
+
+def verify_answer(request: GateRequest, answer: GateAnswer) -> tuple[bool, str]:
+    """Whether the answer carries a valid signature, by the approver's key, over this run, gate,
+    plan and these words, made recently. (False, why) otherwise."""
+    if not answer.signature.strip():
+        return False, "the answer is not signed"
+    key = request.approver_keys.get(normalise_name(answer.approver))
+    if not key:
+        return False, f"the policy lists no key for {answer.approver!r}"
+    try:
+        signed_at = datetime.fromisoformat(answer.signed_at)
+    except ValueError:
+        return False, "the signature has no valid signing time"
+    if signed_at.tzinfo is None:
+        return False, "the signing time has no time zone"
+    age = (answer.received_at - signed_at).total_seconds()
+    if age > request.signature_max_age_seconds or age < -60:
+        return False, (f"signed {age:.0f}s before it arrived; answers older than "
+                       f"{request.signature_max_age_seconds:.0f}s (or from the future) are refused")
+    message = identity.answer_message(run=request.incident.flow_run_id, gate=request.gate, plan=request.digest,
+                                      decision=answer.decision, approver=answer.approver, reason=answer.reason,
+                                      signed_at=answer.signed_at)
+    if not identity.verify(message, answer.signature, answer.approver, key):
+        return False, "the signature does not match this run, gate, plan and answer (another key, or a replay)"
+    return True, f"signed with {answer.approver}'s key"
+
+
 @step("record the answer", timeline=False)
 def record_answer(request: GateRequest, n: int, answer: GateAnswer, tally: GateTally) -> tuple[AnswerVerdict, str, GateTally]:
     """Judge one answer against the policy, record it on the timeline and as an event."""
@@ -196,9 +253,15 @@ def record_answer(request: GateRequest, n: int, answer: GateAnswer, tally: GateT
         approvers=request.approvers,
         required_approvals=request.required_approvals,
         tiers=[EscalationTier.model_validate(t) for t in request.tiers],
+        verified=request.verified,
+        approver_keys=request.approver_keys,
+        forbid_self_approval=request.forbid_self_approval,
+        requester=request.requester,
     )
     tally = tally.model_copy(deep=True)
-    verdict, sentence = judge(answer, requirement, tally, plan_digest=request.digest, opened_at=request.opened_at)
+    verification = verify_answer(request, answer)
+    verdict, sentence = judge(answer, requirement, tally, plan_digest=request.digest, opened_at=request.opened_at,
+                              verification=verification)
     incident = request.incident
     record_timeline(
         incident,
@@ -210,7 +273,8 @@ def record_answer(request: GateRequest, n: int, answer: GateAnswer, tally: GateT
             description=sentence,
             actor=answer.approver,
             details={"gate": request.gate, "decision": answer.decision, "verdict": verdict.value,
-                     "reason": answer.reason, "plan_digest": answer.plan_digest},
+                     "reason": answer.reason, "plan_digest": answer.plan_digest, "signed": verification[0],
+                     "identity": verification[1]},
         ),
     )
     event = {
@@ -261,6 +325,8 @@ def require_approval(incident: IncidentContext, plan: Plan, *, gate: str, policy
             approver=given.approver,
             reason=given.reason,
             plan_digest=given.plan_digest,
+            signature=given.signature,
+            signed_at=given.signed_at,
             received_at=_answered_at(incident.flow_run_id, answer_key(gate, n)),
         )
         verdict, sentence, tally = record_answer(request, n, answer, tally)
@@ -288,7 +354,12 @@ def _form_description(request: GateRequest, tally: GateTally, answers: list[tupl
         request.plan.describe(),
         "",
         f"**Who may answer:** {md.escape(', '.join(request.approvers))}  ",
-        f"**Approvals needed:** {request.required_approvals} distinct",
+        f"**Approvals needed:** {request.required_approvals} distinct"
+        + (" · **signed answers only** (`sevflow approve RUN --as NAME --reason TEXT --key KEY`)"
+           if request.verified else "") + "  ",
+        f"**Requested by:** {md.escape(request.requester)} "
+        f"({'signed' if request.requester_verified else 'not proven'})"
+        + (" · may not approve it" if request.forbid_self_approval and request.requester != "unknown" else ""),
     ]
     if answers:
         lines += ["", "**Answers so far:**"] + [
@@ -431,7 +502,7 @@ class AnswerRefused(ApprovalError):
 
 
 def answer_gate(flow_run_id: str, decision: Literal["approve", "reject"], approver: str, reason: str,
-                wait_seconds: float = 15.0) -> str:
+                wait_seconds: float = 15.0, key: str | None = None) -> str:
     """Resume the run with an answer and wait for the gate's verdict on it.
 
     Raises AnswerRefused with the server's reason when the resume is refused (Prefect
@@ -450,10 +521,14 @@ def answer_gate(flow_run_id: str, decision: Literal["approve", "reject"], approv
         gate = gate_of_pause_key(run.state.state_details.pause_key)
         stored = read_record(flow_run_id, request_key(gate)) if gate else None
         digest = GateRequest.model_validate(stored).digest if stored else ""
+        run_input = {"decision": decision, "approver": approver, "reason": reason, "plan_digest": digest}
+        if key and gate:
+            signed_at = utcnow().isoformat()
+            message = identity.answer_message(run=str(run.id), gate=gate, plan=digest, decision=decision,
+                                              approver=approver, reason=reason, signed_at=signed_at)
+            run_input |= {"signature": identity.sign(message, Path(key)), "signed_at": signed_at}
         response = client.request(
-            "POST", "/flow_runs/{id}/resume", path_params={"id": flow_run_id},
-            json={"run_input": {"decision": decision, "approver": approver, "reason": reason,
-                                "plan_digest": digest}},
+            "POST", "/flow_runs/{id}/resume", path_params={"id": flow_run_id}, json={"run_input": run_input},
         )
     body = response.json()
     if body.get("status") != "ACCEPT":

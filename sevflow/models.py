@@ -33,6 +33,10 @@ def gate_answer_key(gate: str, n: int) -> str:
     return f"{gate}-answer-{n}"
 
 
+REQUESTER_KEY = "sevflow-requester"
+"""Who asked for the run's changes: written once by `sevflow run --as` (signed with a key)."""
+
+
 def incident_resource(incident_id: str) -> str:
     """The Prefect event resource of an incident."""
     return f"sevflow.incident.{incident_id}"
@@ -131,6 +135,7 @@ class ServiceSpec(BaseModel):
     good_tag_pattern: str = "good-*"
     good_trailer: str = "Known-Good"
     command_timeout_seconds: float = 900.0
+    approval_policy: str | None = None
     secret_env: list[str] = Field(default_factory=list, description="names of the command secrets")
     health_check_token: bool = Field(default=False, description="whether a health-check token is set")
     reading: str = Field(default="", description="which reading of the run this is (a plan read afresh "
@@ -299,6 +304,8 @@ class GateAnswer(BaseModel):
     approver: str
     reason: str = ""
     plan_digest: str = Field(default="", description="the plan the answer was given for")
+    signature: str = Field(default="", description="SSH signature of the answer (sevflow.identity)")
+    signed_at: str = Field(default="", description="when it was signed, ISO 8601 UTC")
     received_at: datetime = Field(default_factory=utcnow)
 
 
@@ -379,3 +386,9 @@ class GateRequest(BaseModel):
     required_approvals: int
     tiers: list[dict[str, Any]] = Field(default_factory=list)
     opened_at: datetime
+    verified: bool = Field(default=False, description="only signed answers count")
+    approver_keys: dict[str, str] = Field(default_factory=dict, description="approvers' SSH public keys, by name")
+    forbid_self_approval: bool = True
+    requester: str = Field(default="unknown", description="who asked for the change")
+    requester_verified: bool = Field(default=False, description="the requester signed the request")
+    signature_max_age_seconds: float = 900.0

@@ -25,6 +25,11 @@ class ApprovalRule(BaseModel):
     )
     approvers: list[str] = Field(description="Names that may answer, as approvers type them.")
     required_approvals: int = Field(default=1, ge=1, description="Distinct approvals needed.")
+    verified: bool | None = Field(
+        default=None,
+        description="Count only signed answers (`sevflow approve --key`), checked against the policy's "
+        "approver keys. Empty: required at SEV-1 and SEV-2 once the policy lists any key.",
+    )
 
     @field_validator("severities")
     @classmethod
@@ -82,6 +87,26 @@ class GateRequirement(BaseModel):
     approvers: list[str]
     required_approvals: int
     tiers: list[EscalationTier]
+    verified: bool = Field(default=False, description="only answers signed with the approver's key count")
+    approver_keys: dict[str, str] = Field(default_factory=dict, description="approver name → SSH public key")
+    forbid_self_approval: bool = True
+    requester: str = "unknown"
+
+
+SSH_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+                 "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+
+
+def check_approver_keys(keys: dict[str, str]) -> dict[str, str]:
+    """Names normalised; each value an SSH ed25519 or ECDSA public key line."""
+    out: dict[str, str] = {}
+    for name, key in keys.items():
+        parts = key.split()
+        if len(parts) < 2 or parts[0] not in SSH_KEY_TYPES:
+            raise ValueError(f"key of {name!r} is not an SSH ed25519 or ECDSA public key "
+                             "(paste the line of your id_ed25519.pub)")
+        out[normalise_name(name)] = " ".join(parts[:2])
+    return out
 
 
 def requirement_for(
@@ -89,18 +114,26 @@ def requirement_for(
     escalation: dict[str, list[EscalationTier]],
     kind: str,
     severity: Severity,
+    keys: dict[str, str] | None = None,
+    forbid_self_approval: bool = True,
 ) -> GateRequirement:
     """The first rule covering (kind, severity) decides; a change no rule covers cannot be
     approved by anyone, which is a configuration error to fix before production burns."""
+    keys = check_approver_keys(keys or {})
     for rule in rules:
         if rule.covers(kind, severity):
             tiers = escalation.get(severity.value) or escalation.get("*") or []
+            verified = rule.verified if rule.verified is not None else (
+                bool(keys) and severity in (Severity.SEV1, Severity.SEV2))
             return GateRequirement(
                 kind=kind,
                 severity=severity,
                 approvers=rule.approvers,
                 required_approvals=rule.required_approvals,
                 tiers=tiers,
+                verified=verified,
+                approver_keys={name: key for name, key in keys.items() if name in rule.approvers},
+                forbid_self_approval=forbid_self_approval,
             )
     raise PolicyError(
         f"The approval policy has no rule for change kind {kind!r} at {severity.value}: "
@@ -112,6 +145,7 @@ class GateTally(BaseModel):
     """The gate's running count, rebuilt by replaying its answers in order."""
 
     approvals: list[str] = Field(default_factory=list)
+    signed_keys: list[str] = Field(default_factory=list, description="keys of the counted signed approvals")
     outcome: GateOutcome | None = None
 
 
@@ -129,6 +163,7 @@ def judge(
     *,
     plan_digest: str | None = None,
     opened_at: datetime | None = None,
+    verification: tuple[bool, str] = (False, "the answer is not signed"),
 ) -> tuple[AnswerVerdict, str]:
     """Judge one answer against the policy, the plan it was given for and what the gate has
     counted so far.
@@ -163,11 +198,30 @@ def judge(
             f"{answer.approver!r} may not {answer.decision} a {requirement.kind} at "
             f"{requirement.severity.value}: answer recorded and ignored."
         )
+    signed, how = verification
+    if requirement.verified and not signed:
+        return AnswerVerdict.IGNORED, (
+            f"{answer.approver!r}: this change needs a signed answer ({how}); answer recorded and ignored. "
+            "Answer with `sevflow approve|reject RUN --as NAME --reason TEXT --key ~/.ssh/id_ed25519`."
+        )
+    if (answer.decision == "approve" and requirement.forbid_self_approval
+            and who == normalise_name(requirement.requester)):
+        return AnswerVerdict.IGNORED, (
+            f"{answer.approver} requested this change and may not approve it (the policy forbids "
+            "self-approval): answer recorded and ignored."
+        )
     if answer.decision == "reject":
         tally.outcome = GateOutcome.REJECTED
         return AnswerVerdict.REJECTED, f"Rejected by {answer.approver}: {answer.reason or 'no reason given'}"
     if who in tally.approvals:
         return AnswerVerdict.IGNORED, f"{answer.approver} already approved: a second approval by the same person does not count."
+    key = requirement.approver_keys.get(who, "") if signed else ""
+    if key and key in tally.signed_keys:
+        return AnswerVerdict.IGNORED, (
+            f"{answer.approver} signed with a key that already approved under another name: one key counts once."
+        )
+    if key:
+        tally.signed_keys.append(key)
     tally.approvals.append(who)
     if len(tally.approvals) >= requirement.required_approvals:
         tally.outcome = GateOutcome.APPROVED
