@@ -74,7 +74,8 @@ def roll_back_application(ctx: Procedure, service: str, version: str | None = No
 
     # 3. Check out the last good version, build, deploy: every input from the approved plan.
     restored = restore_version(plan.operation("git-restore"))
-    build(plan.operation("build"), phase=plan.digest)
+    if plan.operation("build"):
+        build(plan.operation("build"), phase=plan.digest)
     deploy(plan.operation("deploy"), phase=plan.digest)
 
     # 4. Verify.
@@ -85,8 +86,12 @@ def roll_back_application(ctx: Procedure, service: str, version: str | None = No
     publish_records(
         ctx.incident, "resolved",
         [f"Rolled {service} back from {restore.expected_head[:12]} to {restore.source_sha[:12]} "
-         f"(new commit {restored.new_head[:12]}, plan {plan.digest[:12]}), built, deployed; health checks pass."],
+         f"(new commit {restored.new_head[:12]}, plan {plan.digest[:12]}), "
+         f"{'built, ' if plan.operation('build') else ''}deployed; health checks pass."],
         ["Immediate fix applied", "System verified working"],
+        root_cause_candidates=[f"the changes {restore.source_sha[:12]}..{restore.expected_head[:12]} of {service}, "
+                               "undone by this rollback (its plan lists the commits)"],
+        health_after=_health_line(health),
     )
     return RollbackReport(incident_id=ctx.incident.incident_id, service=service,
                           rolled_back_from=restore.expected_head, rolled_back_to=restore.source_sha,
@@ -103,6 +108,10 @@ def plan_rollback(ctx: Procedure, service: str, version: str | None, reading: st
     if preview.files_changed == 0 and not preview.commits:
         raise NothingToDo(f"{service} already runs the content of {good.short}.")
     return plans.application_rollback_plan(spec, good, preview, ctx.run_key)
+
+
+def _health_line(health: HealthReport) -> str:
+    return "; ".join(f"{c.url} → {c.status_code or c.error}" for c in health.checks)
 
 
 def _require_commands(spec: ServiceSpec) -> None:
@@ -147,7 +156,8 @@ def offer_return(
                       "the rolled-back version stays in place."]
         return ProcedureEnd("verification failed", resolution[0], resolution, Failed, VERIFICATION_FAILED)
     restore_version(plan.operation("git-restore"))
-    build(plan.operation("build"), phase=plan.digest)
+    if plan.operation("build"):
+        build(plan.operation("build"), phase=plan.digest)
     deploy(plan.operation("deploy"), phase=plan.digest)
     after = verify_health(plan.verify, phase=plan.digest)
     state = "healthy" if after.ok else "still unhealthy"

@@ -81,7 +81,10 @@ def roll_back_configuration(
         raise ProcedureEnd("verification failed", summary + " Run configuration-rollback with "
                            f"commit={restore.expected_head[:12]} to return.", [summary], Failed,
                            "VerificationFailed", proven=["Immediate fix applied"])
-    publish_records(ctx.incident, "resolved", [summary], ["Immediate fix applied", "System verified working"])
+    publish_records(ctx.incident, "resolved", [summary], ["Immediate fix applied", "System verified working"],
+                    root_cause_candidates=[f"the change to {restore.path} since {restore.source_sha[:12]}, "
+                                           "reversed by this restore (its plan shows the diff)"],
+                    health_after="; ".join(f"{c.url} → {c.status_code or c.error}" for c in health.checks))
     return ConfigRollbackReport(incident_id=ctx.incident.incident_id, service=service, path=restore.path or "",
                                 restored_from=restore.source_sha, new_head=restored.new_head, healthy=True,
                                 plan_digest=plan.digest)

@@ -254,6 +254,75 @@ def reject(
     _answer("reject", flow_run_id, as_, reason, wait, key)
 
 
+def _incident_tags(tags: list[str]) -> dict[str, str]:
+    return {k: v for k, _, v in (t.partition(":") for t in tags) if k in ("incident", "sev", "service") and v}
+
+
+@app.command()
+def incidents(limit: int = typer.Option(200, help="Most runs to read.")) -> None:
+    """List incidents (open first): severity, service, age, the state of their runs, gates waiting."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    from sevflow.models import utcnow
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["sevflow"])),
+                                     limit=limit)
+    grouped: dict[str, list[Any]] = {}
+    for run in runs:
+        tags = _incident_tags(run.tags)
+        if "incident" in tags:
+            grouped.setdefault(tags["incident"], []).append(run)
+    if not grouped:
+        out.print("No incidents.")
+        return
+    table = Table("incident", "sev", "service", "age", "runs", "waiting at a gate")
+    rows = []
+    for incident_id, found in grouped.items():
+        tags = _incident_tags(found[0].tags)
+        started = min((r.start_time or r.expected_start_time or utcnow()) for r in found)
+        open_ = any(r.state and not r.state.is_final() for r in found)
+        waiting = [r.name for r in found if r.state and r.state.type.value == "PAUSED"]
+        states = ", ".join(f"{r.name}: {r.state.name if r.state else '?'}" for r in found)
+        rows.append((not open_, started, incident_id, tags.get("sev", "?"), tags.get("service", "?"), states,
+                     ", ".join(waiting) or "-"))
+    for _closed, started, incident_id, sev, service, states, waiting in sorted(rows, key=lambda r: (r[0], r[1])):
+        age = utcnow() - started
+        table.add_row(incident_id, f"SEV-{sev}", service, f"{int(age.total_seconds() // 60)} min", states, waiting)
+    out.print(table)
+
+
+@app.command()
+def timeline(incident_id: str) -> None:
+    """Print one incident's timeline across all its runs, in UTC, to the second."""
+    from sevflow.incident import incident_timeline
+
+    entries = incident_timeline(incident_id)
+    if not entries:
+        _fail(f"No runs of incident {incident_id!r}: `sevflow incidents` lists them.", code=1)
+    for entry in entries:
+        who = f" ({entry.actor})" if entry.actor else ""
+        typer.echo(f"{entry.at.strftime('%Y-%m-%d %H:%M:%S')} "
+                   f"UTC  {entry.details.get('run_name', '')}  [{entry.kind}] {entry.description}{who}")
+
+
+@app.command()
+def postmortem(incident_id: str, out_file: str = typer.Option("", "--out", help="Write it to this file.")) -> None:
+    """The incident's post-mortem (the runbook's template) across all its runs, from the durable records."""
+    from sevflow.incident import incident_postmortem
+
+    try:
+        text = incident_postmortem(incident_id)
+    except LookupError as exc:
+        _fail(str(exc), code=1)
+    if out_file:
+        Path(out_file).write_text(text)
+        out.print(f"Wrote {out_file}")
+    else:
+        typer.echo(text)
+
+
 @app.command()
 def escalate() -> None:
     """Run one pass of the escalation watcher now."""

@@ -9,6 +9,7 @@ how) and its state changes (suspended at a gate, resumed).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from prefect import get_run_logger
@@ -72,9 +73,13 @@ def run_timeline(incident: IncidentContext) -> list[TimelineEntry]:
     """The run's timeline from Prefect's records, oldest first: the durable sevflow records
     (incident opened, each step's end, approval requests, answers, escalations) and the
     run's state changes (suspended at a gate, resumed)."""
-    entries = list(timeline_records(incident.flow_run_id))
+    return _timeline_of_run(incident.flow_run_id)
+
+
+def _timeline_of_run(flow_run_id: str) -> list[TimelineEntry]:
+    entries = list(timeline_records(flow_run_id))
     with get_client(sync_client=True) as client:
-        states = client.read_flow_run_states(UUID(incident.flow_run_id))
+        states = client.read_flow_run_states(UUID(flow_run_id))
     for st in states:
         if st.name in {"Suspended", "Resuming"}:
             entries.append(TimelineEntry(
@@ -92,14 +97,21 @@ def publish_records(
     resolution: list[str],
     proven: list[str],
     impact: str | None = None,
+    root_cause_candidates: list[str] | None = None,
+    health_after: str | None = None,
 ) -> str:
     """Publish the run's timeline (table), post-mortem (markdown, the runbook's template) and
-    post-incident checklists as artifacts on the run. Returns the post-mortem markdown."""
+    post-incident checklists as artifacts on the run. Returns the post-mortem markdown.
+
+    `impact` only when known (the run's `reason` is why it was started, not the impact);
+    `root_cause_candidates` are what the run's facts point at, for a person to confirm."""
     ended = utcnow()
     timeline = run_timeline(incident)
-    timeline.append(TimelineEntry(at=ended, source="sevflow", kind="note",
-                                  description=f"Procedure ended: {outcome}",
-                                  details={"milestone": "Resolved"} if outcome == "resolved" else {}))
+    end = TimelineEntry(at=ended, source="sevflow", kind="note", description=f"Procedure ended: {outcome}",
+                        details={"milestone": "Resolved"} if outcome == "resolved" else {})
+    # Durable too: the incident's timeline across runs (and after events expire) shows it.
+    record_timeline(incident, "zz-ended", end)
+    timeline.append(end)
     facts = records.PostmortemFacts(
         incident_id=incident.incident_id,
         procedure=incident.procedure,
@@ -108,11 +120,15 @@ def publish_records(
         started_at=incident.opened_at,
         ended_at=ended,
         outcome=outcome,
-        impact=impact or (incident.reason or None),
+        impact=impact,
         timeline=timeline,
         resolution=resolution,
         run_url=incident.run_url,
-        response_at=next((e.at for e in timeline if e.kind == "approval" and e.source == "approver"), None),
+        # The first answer that decided something: an ignored answer is no response.
+        response_at=next((e.at for e in timeline if e.kind == "approval" and e.source == "approver"
+                          and e.details.get("verdict") in ("counted", "rejected")), None),
+        root_cause_candidates=root_cause_candidates or [],
+        health_after=health_after,
     )
     key = _artifact_key(incident.incident_id)
     create_table_artifact(
@@ -127,6 +143,61 @@ def publish_records(
                              description=f"Post-incident checklists of incident {incident.incident_id}")
     emit_incident_event(incident, "sevflow.incident.documented", {"outcome": outcome})
     return postmortem
+
+
+def incident_runs(incident_id: str) -> list[Any]:
+    """Every flow run tagged `incident:<id>`, oldest first."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"incident:{incident_id}"])),
+            sort=FlowRunSort.START_TIME_ASC, limit=200,
+        )
+
+
+def incident_timeline(incident_id: str) -> list[TimelineEntry]:
+    """One timeline across every run of the incident (its procedures, composed procedures,
+    follow-ups, runs started by later alerts), from their durable records and states; each
+    entry once, oldest first, in UTC. Read from run inputs, so it outlives Prefect's events."""
+    seen: set[tuple[str, str, str]] = set()
+    merged: list[TimelineEntry] = []
+    for run in incident_runs(incident_id):
+        for entry in _timeline_of_run(str(run.id)):
+            key = (entry.at.isoformat(), entry.kind, entry.description)
+            if key in seen:
+                continue
+            seen.add(key)
+            entry.details.setdefault("run", str(run.id))
+            entry.details.setdefault("run_name", run.name)
+            merged.append(entry)
+    return sorted(merged, key=lambda e: e.at)
+
+
+def incident_postmortem(incident_id: str) -> str:
+    """The post-mortem of the whole incident, rendered from every run's durable records."""
+    runs = incident_runs(incident_id)
+    if not runs:
+        raise LookupError(f"No runs of incident {incident_id!r}: `sevflow incidents` lists them.")
+    tags = {k: v for k, _, v in (t.partition(":") for t in runs[0].tags)}
+    entries = incident_timeline(incident_id)
+    starts = [r.start_time or r.expected_start_time for r in runs if r.start_time or r.expected_start_time]
+    ends = [r.end_time for r in runs if r.end_time]
+    last = runs[-1]
+    outcome = "resolved" if last.state and last.state.is_completed() and last.state.name == "Completed" else (
+        last.state.name if last.state else "unknown")
+    facts = records.PostmortemFacts(
+        incident_id=incident_id, procedure=", ".join(dict.fromkeys(r.name for r in runs)),
+        service=tags.get("service", "?"), severity=Severity.parse(tags.get("sev", "4")),
+        started_at=min(starts) if starts else utcnow(), ended_at=max(ends) if ends else utcnow(), outcome=outcome,
+        timeline=entries,
+        resolution=[f"{r.name}: {r.state.name if r.state else '?'}" + (f" — {r.state.message}" if r.state and
+                    r.state.message else "") for r in runs],
+        response_at=next((e.at for e in entries if e.kind == "approval" and e.source == "approver"
+                          and e.details.get("verdict") in ("counted", "rejected")), None),
+    )
+    return records.render_postmortem(facts)
 
 
 def _artifact_key(incident_id: str) -> str:

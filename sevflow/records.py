@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 
 from pydantic import BaseModel, Field
 
+from sevflow import markdown as md
 from sevflow.models import Severity, TimelineEntry
 
 IMMEDIATE_CHECKLIST: tuple[str, ...] = (
@@ -70,6 +71,10 @@ class PostmortemFacts(BaseModel):
     )
     run_url: str | None = None
     response_at: datetime | None = Field(default=None, description="first human or automated response")
+    root_cause_candidates: list[str] = Field(
+        default_factory=list, description="what the run's facts point at (commits undone, files restored)")
+    health_before: str | None = None
+    health_after: str | None = None
 
 
 def timeline_table(entries: list[TimelineEntry]) -> list[dict[str, str]]:
@@ -91,14 +96,17 @@ def render_postmortem(facts: PostmortemFacts) -> str:
     lines = [*_summary(facts), "", *_timeline(facts), ""]
     lines += [
         "## Root Cause",
-        facts.root_cause
-        or "_Not known to this run: fill in root cause (the run records what was done, not why it broke)._",
+        md.escape(facts.root_cause) if facts.root_cause
+        else "_Not known to this run: fill in root cause (the run records what was done, not why it broke)._",
+        *(["", "Candidates from what this run found (to confirm or rule out):",
+            *(f"- {md.escape(c)}" for c in facts.root_cause_candidates)] if facts.root_cause_candidates else []),
         "",
         "## Resolution",
         *_resolution(facts),
         "",
         "## Prevention",
-        facts.prevention or "_Not known to this run: fill in what will prevent this in future._",
+        md.escape(facts.prevention) if facts.prevention
+        else "_Not known to this run: fill in what will prevent this in future._",
         "",
         "## Action Items",
         *_action_items(facts.action_items),
@@ -157,13 +165,16 @@ def _summary(facts: PostmortemFacts) -> list[str]:
         f"**Duration:** {_duration(end - start)} ({_stamp(start, end)}–{_stamp(end, start)} UTC, "
         f"{start_label} to {end_label})",
         f"**Severity:** {facts.severity.value} — {facts.severity.title}",
-        f"**Impact:** {facts.impact or '_Not known to this run: fill in who and what was affected._'}",
+        f"**Impact:** {md.escape(facts.impact) if facts.impact else '_Not known to this run: fill in who and what was affected._'}",
         f"**Response:** {_response(facts, start)}",
         f"**Outcome:** {facts.outcome}",
         f"**Incident:** `{facts.incident_id}` · procedure `{facts.procedure}` · service `{facts.service}`",
     ]
     if facts.run_url:
         lines.append(f"**Run:** {facts.run_url}")
+    if facts.health_before or facts.health_after:
+        lines.append(f"**Health:** before: {md.escape(facts.health_before or 'not checked')}; "
+                     f"after: {md.escape(facts.health_after or 'not checked')}")
     # Two trailing spaces are a markdown line break: the summary renders one field per line,
     # as the template shows it, instead of one run-on paragraph.
     return [lines[0]] + [f"{line}  " for line in lines[1:-1]] + [lines[-1]]
@@ -195,7 +206,10 @@ def _timeline(facts: PostmortemFacts) -> list[str]:
     seen: set[str] = set()
     for entry in facts.timeline:
         milestone = _milestone(entry)
-        text = entry.description + (f" ({entry.actor})" if entry.actor else "")
+        text = md.escape(entry.description) + (f" ({md.escape(entry.actor)})" if entry.actor else "")
+        reason = str(entry.details.get("reason", "")).strip()
+        if entry.kind == "approval" and reason and reason not in entry.description:
+            text += f" — reason: “{md.escape(reason)}”"
         if milestone:
             seen.add(milestone)
             text = f"{milestone} — {text}"
@@ -214,7 +228,8 @@ def _timeline(facts: PostmortemFacts) -> list[str]:
     days = {at.date() for at, _, _ in events} | {_utc(facts.ended_at).date()}
     with_date = len(days) > 1  # HH:MM alone is ambiguous across midnight
     lines = ["## Timeline", "_Times in UTC._"]
-    lines += [f"- {at:%Y-%m-%d %H:%M} - {text}" if with_date else f"- {at:%H:%M} - {text}" for at, _, text in events]
+    lines += [f"- {at:%Y-%m-%d %H:%M:%S} - {text}" if with_date else f"- {at:%H:%M:%S} - {text}"
+              for at, _, text in events]
     for milestone in MILESTONES:
         if milestone in seen:
             continue
@@ -233,7 +248,7 @@ def _resolution(facts: PostmortemFacts) -> list[str]:
             f"_This run made no change to fix it (outcome: {facts.outcome}). "
             "Fill in anything done outside it._"
         ]
-    return [*(f"- {step}" for step in facts.resolution), "", f"Outcome: **{facts.outcome}**."]
+    return [*(f"- {md.escape(step)}" for step in facts.resolution), "", f"Outcome: **{md.escape(facts.outcome)}**."]
 
 
 def _action_items(items: list[str]) -> list[str]:
@@ -270,14 +285,16 @@ def _duration(span: timedelta) -> str:
     seconds = max(int(span.total_seconds()), 0)
     if seconds < 60:
         return f"{seconds} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min {seconds % 60} s"
 
 
 def _stamp(at: datetime, other: datetime | None = None) -> str:
-    """HH:MM, with the date when `other` falls on another day (or when there is no `other`)."""
+    """HH:MM:SS, with the date when `other` falls on another day (or when there is no `other`)."""
     if other is not None and at.date() == _utc(other).date():
-        return f"{at:%H:%M}"
-    return f"{at:%Y-%m-%d %H:%M}"
+        return f"{at:%H:%M:%S}"
+    return f"{at:%Y-%m-%d %H:%M:%S}"
 
 
 def _utc(at: datetime) -> datetime:

@@ -416,7 +416,7 @@ def rollback_preview(target: Checkout, to_sha: str) -> RollbackPreview:
         )
 
 
-@step("git checkout <commit-hash>", mutating=True, milestone="Fix deployed")
+@step("git checkout <commit-hash>", mutating=True)
 def restore_version(op: GitRestore) -> RestoredVersion:
     """Put the content of the approved commit on the production branch as one new commit on
     top of the approved head (history is kept; files added since are removed), and update the
@@ -471,7 +471,7 @@ def config_diff(target: Checkout, path: str, from_sha: str) -> ConfigDiff:
         return ConfigDiff(path=path, from_sha=sha, head_sha=head, diff=diff, identical=not diff.strip(), blob=blob)
 
 
-@step("git checkout <commit> -- <config file>", mutating=True, milestone="Fix deployed")
+@step("git checkout <commit> -- <config file>", mutating=True)
 def restore_config_file(op: GitRestore) -> RestoredVersion:
     """Put the approved configuration file back as it was at the approved commit, as one new
     commit on the production branch that changes only that file, and update the checkout.

@@ -99,14 +99,14 @@ def build(op: ShellCommand | None, phase: str) -> CommandResult:
     return _run_approved(op, "build")
 
 
-@step("deploy", mutating=True)
+@step("deploy", mutating=True, milestone="Fix deployed")
 def deploy(op: ShellCommand | None, phase: str) -> CommandResult:
     """Start the checked-out version of the service (runbook: `npm start`): runs the approved
     plan's deploy command, which must return once the new version runs."""
     return _run_approved(_required(op, "deploy"), "deploy")
 
 
-@step("reload configuration", mutating=True)
+@step("reload configuration", mutating=True, milestone="Fix deployed")
 def reload_configuration(op: ShellCommand | None, phase: str) -> CommandResult:
     """Make the running service re-read its configuration: the approved plan's reload command."""
     return _run_approved(_required(op, "reload"), "reload")

@@ -104,10 +104,10 @@ def test_summary_has_date_duration_severity_impact_and_response() -> None:
     summary = section(render_postmortem(facts(impact="All checkout requests failed")), "Incident Summary")
 
     assert "**Date:** 2024-05-01" in summary
-    assert "**Duration:** 0 h 4 min (09:58–10:02 UTC, first alert to resolved)" in summary
+    assert "**Duration:** 4 min 0 s (09:58:00–10:02:00 UTC, first alert to resolved)" in summary
     assert re.search(r"^\*\*Severity:\*\* SEV-1\b", summary, re.M)
     assert "**Impact:** All checkout requests failed" in summary
-    assert "**Response:** target Immediate, all hands; actual 0 h 1 min from first alert" in summary
+    assert "**Response:** target Immediate, all hands; actual 1 min 0 s from first alert" in summary
     assert "http://127.0.0.1:4200/runs/flow-run/1234" in summary
 
 
@@ -120,10 +120,10 @@ def test_summary_lines_break_as_in_the_template() -> None:
 @pytest.mark.parametrize(
     ("severity", "response_minutes", "expected"),
     [
-        (Severity.SEV2, 20, "target Within 1 hour; actual 0 h 20 min from first alert to first response (10:18 UTC), within target"),
-        (Severity.SEV2, 95, "target missed by 0 h 35 min"),
+        (Severity.SEV2, 20, "target Within 1 hour; actual 20 min 0 s from first alert to first response (10:18:00 UTC), within target"),
+        (Severity.SEV2, 95, "target missed by 35 min 0 s"),
         (Severity.SEV3, 95, "within target"),
-        (Severity.SEV4, 95, "target Normal queue; actual 1 h 35 min"),
+        (Severity.SEV4, 95, "target Normal queue; actual 1 h 35 min 0 s"),
     ],
 )
 def test_response_target_against_actual(severity: Severity, response_minutes: int, expected: str) -> None:
@@ -138,22 +138,35 @@ def test_response_without_a_recorded_response_says_so() -> None:
 
 def test_without_an_alert_the_incident_starts_with_the_run() -> None:
     markdown = render_postmortem(facts(first_alert_at=None, ended_at=at(1) + timedelta(seconds=42)))
-    assert "**Duration:** 42 s (09:59–09:59 UTC, start of run to resolved)" in markdown
+    assert "**Duration:** 42 s (09:59:00–09:59:42 UTC, start of run to resolved)" in markdown
     assert "- --:-- - First alert — _not known to this run: fill in_" in markdown
 
 
 def test_timeline_lists_milestones_and_what_the_run_did_in_order() -> None:
     lines = section(render_postmortem(facts()), "Timeline").splitlines()
 
-    dated = [line for line in lines if re.match(r"^- \d\d:\d\d - ", line)]
+    dated = [line for line in lines if re.match(r"^- \d\d:\d\d:\d\d - ", line)]
     assert dated == [
-        "- 09:58 - First alert",
-        "- 09:59 - Investigation started — `production-system-down` run began",
-        "- 10:00 - approved rollback to good-0430 (alice)",
-        "- 10:01 - Fix deployed — deploy (exit code 0)",
-        "- 10:02 - Resolved",
+        "- 09:58:00 - First alert",
+        "- 09:59:00 - Investigation started — `production-system-down` run began",
+        "- 10:00:00 - approved rollback to good-0430 (alice)",
+        "- 10:01:00 - Fix deployed — deploy (exit code 0)",
+        "- 10:02:00 - Resolved",
     ]
     assert "- --:-- - Root cause identified — _not known to this run: fill in_" in lines
+
+
+def test_free_text_is_escaped_and_approvers_reasons_kept() -> None:
+    at = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
+    entries = [
+        TimelineEntry(at=at, source="prefect", kind="step", description="Step 'git checkout <commit-hash>' completed"),
+        TimelineEntry(at=at, source="approver", kind="approval", description="Approved by alice (1 of 1).",
+                      actor="alice", details={"reason": "v2 was *fine* <b>"}),
+    ]
+    markdown = render_postmortem(facts(timeline=entries, root_cause_candidates=["commit `abc` <x>"]))
+    assert "git checkout &lt;commit\\-hash&gt;" in markdown or "git checkout &lt;commit-hash&gt;" in markdown
+    assert "reason: “v2 was \\*fine\\* &lt;b&gt;”" in markdown
+    assert "- commit \\`abc\\` &lt;x&gt;" in markdown
 
 
 def test_timeline_across_midnight_shows_dates() -> None:
@@ -161,9 +174,9 @@ def test_timeline_across_midnight_shows_dates() -> None:
     markdown = render_postmortem(
         facts(first_alert_at=late, started_at=late, ended_at=late + timedelta(hours=2, minutes=5), timeline=[], response_at=late)
     )
-    assert "- 2024-05-01 23:50 - First alert" in markdown
-    assert "- 2024-05-02 01:55 - Resolved" in markdown
-    assert "**Duration:** 2 h 5 min (2024-05-01 23:50–2024-05-02 01:55 UTC" in markdown
+    assert "- 2024-05-01 23:50:00 - First alert" in markdown
+    assert "- 2024-05-02 01:55:00 - Resolved" in markdown
+    assert "**Duration:** 2 h 5 min 0 s (2024-05-01 23:50:00–2024-05-02 01:55:00 UTC" in markdown
 
 
 def test_what_the_run_cannot_know_is_said_plainly() -> None:
@@ -229,8 +242,8 @@ def test_checklists_tick_what_the_run_proved() -> None:
         "Timeline created",
         "System verified working",
     ]
-    assert "_Due by 2024-05-01 11:02 UTC._" in markdown
-    assert "_Due by 2024-05-02 10:02 UTC._" in markdown
+    assert "_Due by 2024-05-01 11:02:00 UTC._" in markdown
+    assert "_Due by 2024-05-02 10:02:00 UTC._" in markdown
 
 
 def test_checklists_refuse_an_item_the_runbook_does_not_have() -> None:
