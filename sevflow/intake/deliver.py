@@ -11,8 +11,14 @@ For each stored alert (oldest first), on the alert's incident:
 
 An alert is marked delivered only when all three are done. When Prefect is down or answers
 503, the lane of that incident stops at the alert that failed and the pass ends; the next
-pass (with backoff) starts from it again, so order within an incident is kept. Incidents
-whose run has reached a final state are closed: a later firing alert opens a new incident.
+pass (with backoff) starts from it again, so order within an incident is kept. When Prefect
+refuses an alert for good (the run was deleted: 404; a request it will never take: other
+4xx), the alert becomes a dead letter: kept in the store, shown in /healthz and by
+`sevflow intake-dead-letters`, not retried, and no cause for backoff. Incidents whose run has
+reached a final state are closed: a later firing alert opens a new incident.
+
+Each incident's run is created once: the opener (right after the first alert is stored) and
+a delivery pass that reaches the same incident share one creation.
 """
 
 from __future__ import annotations
@@ -42,6 +48,16 @@ class NotServed(Exception):
     """The procedure has no deployment: nothing serves it (yet)."""
 
 
+def permanent(exc: BaseException) -> bool:
+    """Prefect will never take this request, however often it is sent."""
+    if isinstance(exc, ObjectNotFound):
+        return True
+    if isinstance(exc, PrefectHTTPStatusError):
+        code = exc.response.status_code
+        return 400 <= code < 500 and code not in (408, 409, 425, 429)
+    return False
+
+
 class Deliverer:
     def __init__(self, store: Store, lanes: int = 8, on_run: Callable[[str, str], None] | None = None,
                  close_interval: float = 2.0) -> None:
@@ -57,6 +73,7 @@ class Deliverer:
         self._delivered_last = 0
         self.pass_spacing = 0.5
         self._namespace = uuid.UUID(hashlib.md5(store.store_id.encode()).hexdigest())
+        self._opening: dict[str, asyncio.Future[None]] = {}
 
     async def run(self) -> None:
         failures = 0
@@ -146,8 +163,15 @@ class Deliverer:
                 try:
                     events.append(await self._deliver(client, row))
                 except Exception as exc:
-                    self._trouble(f"{type(exc).__name__}: {exc}", row)
-                    await self.store.failed(row.seq, f"{type(exc).__name__}: {exc}")
+                    error = f"{type(exc).__name__}: {exc}"
+                    if permanent(exc):  # retrying cannot help: a dead letter, and the lane goes on
+                        log.error("Prefect refused alert #%d (incident %s) for good: %s. It is kept as a dead "
+                                  "letter (see /healthz or `sevflow intake-dead-letters`).", row.seq,
+                                  row.incident_id, error)
+                        await self.store.dead([row.seq], error)
+                        continue
+                    self._trouble(error, row)
+                    await self.store.failed(row.seq, error)
                     return done, True  # keep this incident's order: nothing after it goes first
                 done.append(row.seq)
             return done, False
@@ -165,6 +189,21 @@ class Deliverer:
         return self._event(incident, row)
 
     async def _start_run(self, client: PrefectClient, incident: Incident, row: Pending) -> None:
+        """Create the incident's run, once: a second caller waits for the first one's creation."""
+        while incident.flow_run_id is None:
+            opening = self._opening.get(incident.incident_id)
+            if opening is not None:
+                await asyncio.shield(opening)  # its failure is its caller's to report; then try again
+                continue
+            opening = self._opening[incident.incident_id] = asyncio.get_running_loop().create_future()
+            try:
+                await self._create_run(client, incident, row)
+            finally:
+                opening.set_result(None)
+                del self._opening[incident.incident_id]
+            return
+
+    async def _create_run(self, client: PrefectClient, incident: Incident, row: Pending) -> None:
         route = incident.route
         deployment_id = await self._deployment(client, route.procedure)
         alert = row.alert
@@ -175,15 +214,19 @@ class Deliverer:
             "reason": f"{alert.source} alert: {alert.summary}"[:500],
             **route.parameters,
         }
-        flow_run = await client.create_flow_run_from_deployment(
-            deployment_id, parameters=parameters, idempotency_key=f"sevflow-intake/{incident.incident_id}",
-            tags=["sevflow", "sevflow-intake", f"incident:{incident.incident_id}", f"sev:{route.severity.number}",
-                  f"service:{route.service}"],
-        )
-        if incident.flow_run_id is not None:
-            return  # the other path (opener or delivery pass) got there first; the key made it one run
-        await self.store.set_flow_run(incident.incident_id, str(flow_run.id))
+        try:
+            flow_run = await client.create_flow_run_from_deployment(
+                deployment_id, parameters=parameters, idempotency_key=f"sevflow-intake/{incident.incident_id}",
+                tags=["sevflow", "sevflow-intake", f"incident:{incident.incident_id}", f"sev:{route.severity.number}",
+                      f"service:{route.service}"],
+            )
+        except ObjectNotFound:
+            self._deployments.pop(route.procedure, None)  # re-registered under a new id? read it again
+            raise
+        # Known in memory first: if the store cannot write it now, a restart creates again with
+        # the same idempotency key and gets this run back.
         incident.flow_run_id = str(flow_run.id)
+        await self.store.set_flow_run(incident.incident_id, str(flow_run.id))
         log.info("Incident %s: started %s for %s (%s), flow run %s, from rule %s", incident.incident_id,
                  route.procedure, route.service, route.severity.value, flow_run.id, route.rule)
         self.on_run(incident.incident_id, str(flow_run.id))
