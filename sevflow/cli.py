@@ -54,10 +54,11 @@ def intake(
     import os
     from pathlib import Path
 
-    # The intake retries delivery itself, with its own backoff; the client's own retries would
-    # only hold a delivery lane longer while Prefect is down. And it never starts Prefect's
-    # temporary server: it needs the one the procedures run on. Set before Prefect is imported.
-    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "1")
+    # The intake retries every call to Prefect itself, sooner and with its own backoff; the
+    # client's own retries (2 s and more) would only hold a lane and delay runs. And it never
+    # starts Prefect's temporary server: it needs the one the procedures run on. Set before
+    # Prefect is imported.
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "0")
     os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"
     from sevflow.embedded import state_home
     from sevflow.errors import SevflowError

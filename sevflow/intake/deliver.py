@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any, Callable
 from uuid import UUID
 
-from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 
@@ -48,6 +48,9 @@ class NotServed(Exception):
     """The procedure has no deployment: nothing serves it (yet)."""
 
 
+CREATE_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # seconds between attempts to create a run on a 503
+
+
 def permanent(exc: BaseException) -> bool:
     """Prefect will never take this request, however often it is sent."""
     if isinstance(exc, ObjectNotFound):
@@ -59,9 +62,12 @@ def permanent(exc: BaseException) -> bool:
 
 
 class Deliverer:
-    def __init__(self, store: Store, lanes: int = 8, on_run: Callable[[str, str], None] | None = None,
-                 close_interval: float = 2.0) -> None:
+    def __init__(self, store: Store, client: PrefectClient, lanes: int = 8,
+                 on_run: Callable[[str, str], None] | None = None, close_interval: float = 2.0) -> None:
         self.store = store
+        # one client for the process: each new one builds a TLS context (~0.2 s of CPU), and a
+        # pass, an opener and the closer each made one
+        self.client = client
         self.lanes = lanes
         self.on_run = on_run or (lambda incident_id, flow_run_id: None)
         self.close_interval = close_interval
@@ -111,18 +117,18 @@ class Deliverer:
             events: list[dict[str, Any]] = []
             for row in rows:
                 lanes.setdefault(row.incident_id or "", []).append(row)
-            async with get_client() as client:
-                gate = asyncio.Semaphore(self.lanes)
-                results = await asyncio.gather(*(self._lane(client, gate, lane, events) for lane in lanes.values()))
-                if events:
-                    try:
-                        await self._emit(client, events)
-                    except Exception as exc:
-                        self._trouble(f"events: {type(exc).__name__}: {exc}")
-                        return False  # nothing marked delivered: records are write-once and runs idempotent
-                for done, _ in results:
-                    if done:
-                        await self.store.delivered(done)
+            client = self.client
+            gate = asyncio.Semaphore(self.lanes)
+            results = await asyncio.gather(*(self._lane(client, gate, lane, events) for lane in lanes.values()))
+            if events:
+                try:
+                    await self._emit(client, events)
+                except Exception as exc:
+                    self._trouble(f"events: {type(exc).__name__}: {exc}")
+                    return False  # nothing marked delivered: records are write-once and runs idempotent
+            for done, _ in results:
+                if done:
+                    await self.store.delivered(done)
             ok = all(failed is False for _, failed in results)
             if ok and self.reachable is False:
                 log.warning("Prefect answers again; the queued alerts were delivered.")
@@ -139,19 +145,18 @@ class Deliverer:
         """Create the run of each new incident as soon as the intake has stored its first alert,
         without waiting for the delivery pass: that run is what the on-call engineer (and the
         sender's waiting answer) needs first. A failure here is left to the delivery pass."""
-        async with get_client() as client:
-            while True:
-                incident_id = await incidents.get()
+        while True:
+            incident_id = await incidents.get()
+            try:
                 incident = self.store.incident(incident_id)
                 if incident is None or incident.flow_run_id is not None:
                     continue
                 first = await self.store.first_alert(incident_id)
                 if first is None:
                     continue
-                try:
-                    await self._start_run(client, incident, first)
-                except Exception as exc:
-                    self._trouble(f"{type(exc).__name__}: {exc}", first)
+                await self._start_run(self.client, incident, first)
+            except Exception as exc:  # the delivery pass tries again
+                self._trouble(f"{type(exc).__name__}: {exc}")
 
     async def _lane(self, client: PrefectClient, gate: asyncio.Semaphore, rows: list[Pending],
                     events: list[dict[str, Any]]) -> tuple[list[int], bool]:
@@ -214,15 +219,24 @@ class Deliverer:
             "reason": f"{alert.source} alert: {alert.summary}"[:500],
             **route.parameters,
         }
-        try:
-            flow_run = await client.create_flow_run_from_deployment(
-                deployment_id, parameters=parameters, idempotency_key=f"sevflow-intake/{incident.incident_id}",
-                tags=["sevflow", "sevflow-intake", f"incident:{incident.incident_id}", f"sev:{route.severity.number}",
-                      f"service:{route.service}"],
-            )
-        except ObjectNotFound:
-            self._deployments.pop(route.procedure, None)  # re-registered under a new id? read it again
-            raise
+        for delay in (*CREATE_RETRIES, None):
+            try:
+                flow_run = await client.create_flow_run_from_deployment(
+                    deployment_id, parameters=parameters, idempotency_key=f"sevflow-intake/{incident.incident_id}",
+                    tags=["sevflow", "sevflow-intake", f"incident:{incident.incident_id}",
+                          f"sev:{route.severity.number}", f"service:{route.service}"],
+                )
+                break
+            except ObjectNotFound:
+                self._deployments.pop(route.procedure, None)  # re-registered under a new id? read it again
+                raise
+            except PrefectHTTPStatusError as exc:
+                # A busy embedded server (SQLite: "database is locked") answers 503 for a moment;
+                # Prefect's client would retry after 2 s, and that was the whole tail of alert ->
+                # Running. The idempotency key makes a retry safe.
+                if delay is None or exc.response.status_code not in (429, 503):
+                    raise
+                await asyncio.sleep(delay)
         # Known in memory first: if the store cannot write it now, a restart creates again with
         # the same idempotency key and gets this run back.
         incident.flow_run_id = str(flow_run.id)
@@ -304,11 +318,10 @@ class Deliverer:
             return
         ids = [UUID(r) for r in open_runs]
         alive: set[str] = set()
-        async with get_client() as client:
-            for start in range(0, len(ids), 200):  # the server's page limit
-                runs = await client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids[start:start + 200])), limit=200)
-                alive |= {str(r.id) for r in runs if not (r.state and r.state.is_final())}
+        for start in range(0, len(ids), 200):  # the server's page limit
+            runs = await self.client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids[start:start + 200])), limit=200)
+            alive |= {str(r.id) for r in runs if not (r.state and r.state.is_final())}
         ended = [incident_id for run_id, incident_id in open_runs.items() if run_id not in alive]
         if ended:
             await self.store.close_incidents(ended)
