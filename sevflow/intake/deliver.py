@@ -48,7 +48,9 @@ class NotServed(Exception):
     """The procedure has no deployment: nothing serves it (yet)."""
 
 
-CREATE_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # seconds between attempts to create a run on a 503
+# Seconds between attempts to create a run while Prefect answers 503 (its SQLite is busy): soon,
+# and for up to ~10 s, before the delivery pass (with its backoff) takes over.
+CREATE_RETRIES = (0.05, 0.1, 0.2, 0.3, *(0.5,) * 18)
 
 
 def permanent(exc: BaseException) -> bool:
