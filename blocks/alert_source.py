@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 if TYPE_CHECKING:
     from sevflow.intake.auth import SourceAuth
@@ -23,6 +23,10 @@ class AlertSource(Block):
 
     bearer_token: SecretStr | None = Field(
         default=None, description="Sent by the sender as `Authorization: Bearer <token>`.")
+    basic_auth_username: str | None = Field(
+        default=None, description="With the password: the sender's `basic_auth` (Alertmanager, Grafana).")
+    basic_auth_password: SecretStr | None = Field(
+        default=None, description="The sender's basic auth password; either these or the bearer token may be sent.")
     signing_secret: SecretStr | None = Field(
         default=None, description="HMAC-SHA256 secret (PagerDuty webhook signing secret, Grafana HMAC secret).")
     previous_signing_secret: SecretStr | None = Field(
@@ -42,6 +46,21 @@ class AlertSource(Block):
         "and SubscribeURL besides https://sns.<region>.amazonaws.com.")
     allow_unauthenticated: bool = Field(
         default=False, description="Accept deliveries with no check at all. Only on a network you trust.")
+    rate_limit: float = Field(
+        default=50.0, gt=0, description="Alerts per second this source may deliver, on average; bursts of 20 s "
+        "worth are absorbed. Beyond it the sender gets 429 with Retry-After (every sender retries those).")
+
+    @field_validator("allowed_topics")
+    @classmethod
+    def _no_wildcard_topics(cls, v: list[str]) -> list[str]:
+        from sevflow.errors import AuthenticationFailed
+        from sevflow.intake.auth import check_topic_patterns
+
+        try:
+            check_topic_patterns(v, "sevflow-alert-source/sns")
+        except AuthenticationFailed as exc:
+            raise ValueError(str(exc)) from None
+        return v
 
     def get_auth(self, source: str, block: str) -> SourceAuth:
         """The checks for this source, with the secrets unwrapped: the only place they are."""
@@ -52,6 +71,8 @@ class AlertSource(Block):
         return SourceAuth(
             source=source,
             bearer_token=self.bearer_token.get_secret_value() if self.bearer_token else None,
+            basic_username=self.basic_auth_username,
+            basic_password=self.basic_auth_password.get_secret_value() if self.basic_auth_password else None,
             signing_secrets=secrets,
             signature_header=self.signature_header,
             timestamp_header=self.timestamp_header,
@@ -59,5 +80,6 @@ class AlertSource(Block):
             allowed_topics=tuple(self.allowed_topics),
             trusted_origins=tuple(self.trusted_origins),
             allow_unauthenticated=self.allow_unauthenticated,
+            rate_limit=self.rate_limit,
             block=block,
         )

@@ -49,26 +49,57 @@ def intake(
     rules: str = typer.Option("", help="Routing rules file (default: $SEVFLOW_HOME/intake-rules.yaml)."),
     state: str = typer.Option("", help="Folder of the durable alert store (default: $SEVFLOW_HOME/intake)."),
     answer_wait: float = typer.Option(3.0, help="Seconds an answer waits for a new incident's flow run id."),
-    credentials_refresh: float = typer.Option(30.0, help="Seconds between re-reads of the alert source blocks."),
+    credentials_refresh: float = typer.Option(2.0, help="Seconds between re-reads of the alert source blocks."),
 ) -> None:
     """Receive alerts (Alertmanager, Grafana, PagerDuty, Datadog, Opsgenie, SNS, generic) and start procedures."""
     import os
     from pathlib import Path
 
-    # The intake retries delivery itself, with its own backoff; the client's own retries would
-    # only hold a delivery lane longer while Prefect is down. Set before Prefect is imported.
-    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "1")
+    # The intake retries every call to Prefect itself, sooner and with its own backoff; the
+    # client's own retries (2 s and more) would only hold a lane and delay runs. And it never
+    # starts Prefect's temporary server: it needs the one the procedures run on. Set before
+    # Prefect is imported.
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "0")
+    os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"
     from sevflow.embedded import state_home
     from sevflow.errors import SevflowError
+    from sevflow.intake.app import require_prefect
     from sevflow.intake.app import serve as run_intake
 
     home = state_home()
     try:
+        require_prefect()
         run_intake(host, port, Path(rules) if rules else home / "intake-rules.yaml",
                    Path(state) if state else home / "intake", answer_wait=answer_wait,
                    credentials_refresh=credentials_refresh)
     except SevflowError as exc:
         _fail(str(exc))
+
+
+@app.command("intake-dead-letters")
+def intake_dead_letters(
+    state: str = typer.Option("", help="Folder of the intake's store (default: $SEVFLOW_HOME/intake)."),
+    limit: int = typer.Option(100, help="Most recent dead letters to list."),
+) -> None:
+    """List the alerts Prefect refused for good (e.g. their run was deleted): kept, not retried."""
+    from pathlib import Path
+
+    from sevflow.embedded import state_home
+    from sevflow.intake.store import read_dead_letters
+
+    path = (Path(state) if state else state_home() / "intake") / "alerts.db"
+    if not path.exists():
+        _fail(f"no intake store at {path}; pass --state")
+    letters = read_dead_letters(path, limit)
+    if not letters:
+        out.print("No dead letters: every accepted alert reached Prefect or is queued for it.")
+        return
+    table = Table("seq", "received (UTC)", "source", "alert", "status", "incident", "refused (UTC)", "why")
+    for d in letters:
+        table.add_row(str(d["seq"]), d["received_at"][:19], d["source"], d["identity"], d["status"],
+                      d["incident_id"] or "-", (d["dead_at"] or "")[:19], d["error"] or "")
+    out.print(table)
+    raise typer.Exit(1)  # something needs a person
 
 
 @app.command()

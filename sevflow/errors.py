@@ -13,6 +13,7 @@
     └── IntakeError            an alert delivery was refused (the intake answers 4xx)
         ├── PayloadError           the body is not a payload of that sender (400/422)
         ├── AuthenticationFailed   token, signature or certificate did not check out (401)
+        ├── TemporarilyUnavailable a check needs something missing for now (503, Retry-After)
         └── RulesError             the routing rules file is invalid (stops start-up)
 
 Flows let these propagate, so the run ends Failed with the message, which is written for
@@ -77,6 +78,17 @@ class AuthenticationFailed(IntakeError):
     """Bearer token, HMAC signature or SNS certificate did not check out."""
 
     status = 401
+
+
+class TemporarilyUnavailable(IntakeError):
+    """A check needs something that is missing for now (a certificate that cannot be fetched,
+    credentials not loaded, a store that cannot write): the sender should retry."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RulesError(IntakeError, ConfigurationError):

@@ -66,14 +66,56 @@ class Control(BaseModel):
     token: str = ""
 
 
+MAX_DEPTH = 32  # no sender nests deeper than ~8; deeper is an attack or a bug
+MAX_ALERTS = 500  # per delivery; Alertmanager: set `max_alerts` in the webhook_config at or below it
+
+
 def decode(body: bytes) -> Any:
-    """The body as JSON (400 when it is not)."""
+    """The body as JSON (400 when it is not, or nests deeper than MAX_DEPTH)."""
     if not body.strip():
         raise PayloadError("empty body: send the alert as JSON", status=400)
+    _check_depth(body)
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise PayloadError(f"body is not valid JSON: {exc}", status=400) from exc
+        doc = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise PayloadError(f"body is not valid JSON: {str(exc)[:200]}", status=400) from exc
+    return doc
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:30]} is out of range")
+    return number
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKETS_ONLY = bytes.maketrans(b"[]{}", b"()()")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _check_depth(body: bytes) -> None:
+    """Refuse deep nesting before the JSON parser sees it (it recurses per level, and a
+    document it can read may still be too deep to write back). Strings are dropped first;
+    then each pass of `replace` removes the innermost level: all in C, no recursion."""
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
+        return
+    brackets = _JSON_STRING.sub(b"", body).translate(_BRACKETS_ONLY, _NOT_BRACKETS)
+    for _ in range(MAX_DEPTH):
+        shorter = brackets.replace(b"()", b"")
+        if len(shorter) == len(brackets):
+            break
+        brackets = shorter
+    else:
+        if b"()" in brackets:  # a level left after removing MAX_DEPTH of them
+            brackets = b"(" * (MAX_DEPTH + 1)
+    # what is left is unbalanced (the parser will say so), unless it opens too deep first
+    if b"(" * (MAX_DEPTH + 1) in brackets:
+        raise PayloadError(f"the JSON nests deeper than {MAX_DEPTH} levels; no alert payload does", status=400)
 
 
 def parse(source: str, doc: Any) -> list[Alert] | Control:
@@ -82,15 +124,19 @@ def parse(source: str, doc: Any) -> list[Alert] | Control:
     if parser is None:
         raise PayloadError(f"unknown source {source!r}; known: {', '.join(SOURCES)}", status=404)
     try:
-        return parser(doc)
+        parsed = parser(doc)
     except PayloadError:
         raise
     except ValidationError as exc:
         raise PayloadError(f"not a {source} payload: {_first_error(exc)}") from exc
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ArithmeticError, OSError) as exc:
         # Senders' payloads are loosely specified; any shape we cannot read is the sender's
         # to fix, and the message names what we looked for.
-        raise PayloadError(f"not a {source} payload: {type(exc).__name__}: {exc}") from exc
+        raise PayloadError(f"not a {source} payload: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    if isinstance(parsed, list) and len(parsed) > MAX_ALERTS:
+        raise PayloadError(f"the delivery holds {len(parsed)} alerts; the limit is {MAX_ALERTS} alerts per delivery "
+                           f"(Alertmanager: set `max_alerts: {MAX_ALERTS}` in the webhook_config)", status=413)
+    return parsed
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -104,15 +150,21 @@ def when(value: Any) -> datetime | None:
         return None
     if isinstance(value, bool):
         raise ValueError(f"not a time: {value!r}")
-    if isinstance(value, (int, float)) or (isinstance(value, str) and value.isdigit()):
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.isascii() and value.isdigit()):
+        if isinstance(value, str) and len(value) > 20:
+            raise ValueError(f"not a time: {value[:30]!r}... ({len(value)} digits)")
         number = float(value)
         if number > 1e17:  # nanoseconds (Opsgenie's insertedAt)
             number /= 1e9
         elif number > 1e11:  # milliseconds
             number /= 1e3
+        if not 0 <= number < 253402300800:  # 1970 .. 9999-12-31, what a datetime holds
+            raise ValueError(f"not a time: {value!r} is outside 1970..9999")
         return datetime.fromtimestamp(number, tz=timezone.utc)
     if not isinstance(value, str):
         raise ValueError(f"not a time: {value!r}")
+    if len(value) > 64:
+        raise ValueError(f"not a time: {value[:30]!r}... ({len(value)} characters)")
     text = value.strip().replace("Z", "+00:00")
     text = re.sub(r"(\.\d{6})\d+", r"\1", text)  # Go writes up to 9 fractional digits
     text = re.sub(r"([+-]\d{2})(\d{2})$", r"\1:\2", text)  # +0000 -> +00:00
@@ -395,9 +447,10 @@ def _sns(doc: Any) -> list[Alert] | Control:
     if env.Type == "UnsubscribeConfirmation":
         return Control(kind="sns-unsubscribe", message="SNS unsubscribe confirmation: nothing to do",
                        topic_arn=env.TopicArn)
-    try:
-        message = json.loads(env.Message)
-    except ValueError:
+    try:  # the alarm is JSON inside a string: checked as deeply as a body
+        _check_depth(env.Message.encode("utf-8", "replace"))
+        message = json.loads(env.Message, parse_constant=_no_constant, parse_float=_finite)
+    except (ValueError, RecursionError, PayloadError):
         message = None
     if isinstance(message, dict) and message.get("AlarmName"):
         return [_cloudwatch(env, message)]

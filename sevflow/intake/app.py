@@ -1,35 +1,45 @@
 """The alert intake: an HTTP service that turns alert deliveries into incidents.
 
     POST /alerts/{source}   alertmanager, grafana, pagerduty, datadog, opsgenie, sns, generic
-    GET  /healthz           liveness, Prefect reachability, queue and counters
+    GET  /healthz           store health (503 when it cannot accept), Prefect reachability,
+                            queue, counters and dead letters
     GET  /docs, /openapi.json
 
 A delivery is checked in this order, and each step answers for itself:
 size (413) → sender's credentials from its block (401; 503 while they cannot be loaded) →
-JSON (400) → the sender's shape (422) → routing rules → stored durably → 202.
-`202` means the alerts are on disk; reaching Prefect happens behind it (`deliver.py`).
+JSON, at most 32 levels deep (400) → the sender's shape (422), at most 500 alerts (413) →
+the source's rate limit (429) → routing rules → stored durably → 202 (503 when the store
+cannot write: every request is answered). `202` means the alerts are on disk; reaching
+Prefect happens behind it (`deliver.py`). No input gets a 5xx other than a 503 with
+Retry-After for something temporarily missing (credentials, a certificate, the disk).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from sevflow.errors import AuthenticationFailed, IntakeError, PayloadError
+from sevflow.errors import AuthenticationFailed, IntakeError, PayloadError, TemporarilyUnavailable
 from sevflow.intake import alerts as alert_formats
 from sevflow.intake.alerts import SOURCES, Control, GenericAlert
-from sevflow.intake.auth import SnsVerifier, SourceAuth, check_aws_url, check_headers_and_body
+from sevflow.intake.auth import SnsVerifier, SourceAuth, check_authorization, check_aws_url, check_headers_and_body
 from sevflow.intake.deliver import Deliverer
 from sevflow.intake.rules import RuleSet
 from sevflow.intake.store import Store
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
 
 log = logging.getLogger("sevflow.intake")
 
@@ -42,8 +52,9 @@ class IntakeConfig:
     rules: RuleSet
     state_dir: Path
     answer_wait: float = 3.0  # seconds a new incident's answer waits for its run id (PagerDuty waits 5)
-    credentials_refresh: float = 30.0
+    credentials_refresh: float = 2.0  # block changes apply within this (and one load's time)
     delivery_lanes: int = 8
+    store_retry: float = 2.0  # seconds between attempts to reopen a store that cannot accept
 
 
 def _https_get(url: str) -> bytes:
@@ -59,28 +70,47 @@ class Credentials:
 
     def __init__(self) -> None:
         self.by_source: dict[str, SourceAuth | None] = {}
+        self.invalid: dict[str, str] = {}
+        self._versions: dict[str, tuple[Any, Any]] = {}
         self.loaded = False
         self.error = ""
 
-    async def refresh(self) -> None:
+    async def refresh(self, client: PrefectClient) -> None:
+        """One request for every alert source block; only a block that changed is read again
+        (this runs every 2 s, on the loop that answers senders)."""
+        from pydantic import ValidationError
+
         from sevflow.blocks import AlertSource
 
-        found: dict[str, SourceAuth | None] = {}
-        for source in SOURCES:
-            try:
-                block = await AlertSource.aload(source)
-            except ValueError:  # no block of that name: the source is not configured
-                found[source] = None
+        documents = await client.read_block_documents_by_type(AlertSource.get_block_type_slug(), include_secrets=True)
+        found: dict[str, SourceAuth | None] = dict.fromkeys(SOURCES)
+        versions: dict[str, tuple[Any, Any]] = {}
+        for doc in documents:
+            if doc.name not in found:
                 continue
-            found[source] = block.get_auth(source, f"sevflow-alert-source/{source}")
-        self.by_source = found
+            version = (doc.id, doc.updated)
+            versions[doc.name] = version
+            if self._versions.get(doc.name) == version and doc.name not in self.invalid:
+                found[doc.name] = self.by_source.get(doc.name)
+                continue
+            try:
+                block = AlertSource.model_validate(doc.data)
+            except ValidationError as exc:  # saved by hand or by an older sevflow: refuse that source only
+                if self.invalid.get(doc.name) != str(exc):
+                    log.error("Alert source block %r is invalid; its deliveries are refused (401): %s", doc.name,
+                              " ".join(str(exc).split("\n")[1:3]))
+                self.invalid[doc.name] = str(exc)
+                continue
+            self.invalid.pop(doc.name, None)
+            found[doc.name] = block.get_auth(doc.name, f"sevflow-alert-source/{doc.name}")
+        self.by_source, self._versions = found, versions
         self.loaded = True
         self.error = ""
 
-    async def keep_fresh(self, interval: float) -> None:
+    async def keep_fresh(self, client: PrefectClient, interval: float) -> None:
         while True:
             try:
-                await self.refresh()
+                await self.refresh(client)
             except Exception as exc:  # Prefect down: keep the last good credentials
                 if self.error != str(exc):
                     log.warning("Cannot load alert source blocks (%s: %s); %s", type(exc).__name__, exc,
@@ -91,11 +121,33 @@ class Credentials:
             await asyncio.sleep(interval)
 
 
+@dataclass
+class RateLimit:
+    """A token bucket per source, counted in alerts: `rate` per second on average, bursts of
+    `burst_seconds` worth absorbed."""
+
+    burst_seconds: float = 20.0
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # source -> (tokens, at)
+
+    def take(self, source: str, alerts: int, rate: float) -> float:
+        """0 when allowed (and counted); else the seconds until it would be."""
+        now = time.monotonic()
+        capacity = max(rate * self.burst_seconds, 1.0)
+        tokens, at = self._buckets.get(source, (capacity, now))
+        tokens = min(capacity, tokens + (now - at) * rate)
+        if alerts <= tokens:
+            self._buckets[source] = (tokens - alerts, now)
+            return 0.0
+        self._buckets[source] = (tokens, now)
+        return (min(alerts, capacity) - tokens) / rate
+
+
 def create_app(config: IntakeConfig) -> FastAPI:
     state: dict[str, Any] = {}
     credentials = Credentials()
     run_known: dict[str, asyncio.Event] = {}
     verifier = SnsVerifier(fetch=_https_get, cache_dir=config.state_dir / "sns-certs")
+    limits = RateLimit()
 
     def on_run(incident_id: str, flow_run_id: str) -> None:
         event = run_known.pop(incident_id, None)
@@ -104,12 +156,17 @@ def create_app(config: IntakeConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from prefect.client.orchestration import get_client
+
         store = Store(config.state_dir / "alerts.db")
-        deliverer = Deliverer(store, lanes=config.delivery_lanes, on_run=on_run)
+        client = get_client()
+        await client.__aenter__()
+        deliverer = Deliverer(store, client, lanes=config.delivery_lanes, on_run=on_run)
         new_incidents: asyncio.Queue[str] = asyncio.Queue()
         state.update(store=store, deliverer=deliverer, new_incidents=new_incidents)
-        tasks = [asyncio.create_task(credentials.keep_fresh(config.credentials_refresh)),
-                 asyncio.create_task(deliverer.run())]
+        tasks = [asyncio.create_task(credentials.keep_fresh(client, config.credentials_refresh)),
+                 asyncio.create_task(deliverer.run()),
+                 asyncio.create_task(_keep_store_open(store, config.store_retry))]
         tasks += [asyncio.create_task(deliverer.open_new(new_incidents)) for _ in range(4)]
         deliverer.wake.set()  # anything queued before a restart goes first
         try:
@@ -119,6 +176,7 @@ def create_app(config: IntakeConfig) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await store.aclose()
+            await client.__aexit__(None, None, None)
 
     app = FastAPI(
         title="sevflow alert intake",
@@ -135,21 +193,36 @@ def create_app(config: IntakeConfig) -> FastAPI:
 
     @app.exception_handler(IntakeError)
     async def _refused(request: Request, exc: IntakeError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TemporarilyUnavailable) else None
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
+    @app.get("/healthz", responses={503: {"description": "the store cannot accept alerts (every delivery gets 503)"}})
+    async def healthz() -> JSONResponse:
+        """Store health (503 when it cannot accept), Prefect reachability, queue, counters, dead letters."""
         store: Store = state["store"]
         deliverer: Deliverer = state["deliverer"]
-        counts = await asyncio.to_thread(store.counts)
-        return {
-            "status": "ok",
+        problem = await store.probe()
+        counts: dict[str, Any] = {}
+        dead: list[dict[str, Any]] = []
+        if store.available:
+            try:
+                counts = await asyncio.to_thread(store.counts)
+                dead = await asyncio.to_thread(store.dead_letters, 20) if counts.get("dead_letters") else []
+            except Exception as exc:  # the counts are extras; the store's own health is `problem`
+                counts = {"counts_error": f"{type(exc).__name__}: {exc}"}
+        body = {
+            "status": "ok" if not problem else "store unavailable",
+            "store": {"path": str(store.path), "accepting": not problem, "error": problem,
+                      "set_aside": store.set_aside},
             "credentials_loaded": credentials.loaded,
             "prefect_reachable": deliverer.reachable,
             "last_delivery_error": deliverer.last_error if deliverer.reachable is False else "",
             "rules": len(config.rules.rules),
             **counts,
+            "recent_dead_letters": dead,
         }
+        return JSONResponse(body, status_code=503 if problem else 200,
+                            headers={"Retry-After": "5"} if problem else None)
 
     @app.post(
         "/alerts/{source}",
@@ -172,8 +245,7 @@ def create_app(config: IntakeConfig) -> FastAPI:
             raise PayloadError(f"unknown source {source!r}; POST to /alerts/<one of: {', '.join(SOURCES)}>", 404)
         body = await _read_limited(request)
         if not credentials.loaded:
-            return JSONResponse({"error": "the intake has not loaded its credentials from Prefect yet; retry"},
-                                status_code=503, headers={"Retry-After": "5"})
+            raise TemporarilyUnavailable("the intake has not loaded its credentials from Prefect yet; retry")
         auth = credentials.by_source.get(source)
         if auth is None:
             raise AuthenticationFailed(f"source {source!r} is not configured: create a 'sevflow Alert Source' "
@@ -182,8 +254,8 @@ def create_app(config: IntakeConfig) -> FastAPI:
         doc: Any = None
         if source == "sns":
             # The signature is inside the SNS envelope: read the envelope, check it, then the message.
-            if auth.bearer_token:
-                check_headers_and_body(auth, headers, body)
+            if auth.bearer_token or auth.basic_password:  # SNS sends basic auth from the endpoint URL
+                check_authorization(auth, headers)
             doc = alert_formats.decode(body)
             envelope = alert_formats.sns_envelope(doc)
             if not auth.allow_unauthenticated:
@@ -194,14 +266,19 @@ def create_app(config: IntakeConfig) -> FastAPI:
         parsed = alert_formats.parse(source, doc)
         if isinstance(parsed, Control):
             return await _control(parsed, auth)
-        routed = [(a, config.rules.route(a)) for a in parsed]
+        wait = limits.take(source, len(parsed), auth.rate_limit)
+        if wait:
+            return JSONResponse({"error": f"source {source!r} is over its rate limit of {auth.rate_limit:g} alerts/s "
+                                 f"(block {auth.block}); retry in {math.ceil(wait)} s"},
+                                status_code=429, headers={"Retry-After": str(math.ceil(wait))})
+        routed = []
+        for i, a in enumerate(parsed):
+            try:
+                routed.append((a, config.rules.route(a), a.model_dump_json()))
+            except (ValueError, TypeError, RecursionError) as exc:  # stored as written, or not at all
+                raise PayloadError(f"alert {i} cannot be stored as JSON: {type(exc).__name__}") from exc
         store: Store = state["store"]
-        try:
-            decisions = await store.accept(routed, body)
-        except Exception as exc:  # disk full or unwritable: not stored, so not accepted; the sender retries
-            log.error("Could not store a %s delivery: %s", source, exc)
-            return JSONResponse({"error": f"could not store the alert ({type(exc).__name__}); retry"},
-                                status_code=503, headers={"Retry-After": "5"})
+        decisions = await store.accept(routed, body, source)  # TemporarilyUnavailable: 503, the sender retries
         deliverer: Deliverer = state["deliverer"]
         deliverer.wake.set()
         for d in decisions:
@@ -235,6 +312,12 @@ def create_app(config: IntakeConfig) -> FastAPI:
             "alerts": [_answer(store, d) for d in decisions],
         })
 
+    async def _keep_store_open(store: Store, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if not store.available:
+                store.reopen()  # on the loop's thread, as every use of its connection
+
     async def _control(control: Control, auth: SourceAuth) -> JSONResponse:
         if control.kind == "sns-subscribe":
             check_aws_url(auth, control.subscribe_url, "SubscribeURL")
@@ -242,7 +325,8 @@ def create_app(config: IntakeConfig) -> FastAPI:
                 await asyncio.to_thread(_https_get, control.subscribe_url)
             except httpx.HTTPError as exc:
                 return JSONResponse({"error": f"could not confirm the subscription: {type(exc).__name__}; "
-                                     "SNS will send the confirmation again"}, status_code=503)
+                                     "SNS will send the confirmation again"}, status_code=503,
+                                    headers={"Retry-After": "30"})
             log.warning("Confirmed the SNS subscription to %s", control.topic_arn)
             return JSONResponse({"status": "subscription confirmed", "topic": control.topic_arn}, status_code=200)
         return JSONResponse({"status": control.kind, "message": control.message}, status_code=200)
@@ -250,9 +334,14 @@ def create_app(config: IntakeConfig) -> FastAPI:
     return app
 
 
-def _answer(store: Store, d: Any) -> dict[str, Any]:
+@functools.lru_cache(maxsize=1024)
+def _run_url(flow_run_id: str) -> str | None:
     from sevflow.tasks.orchestrator import run_url
 
+    return run_url(flow_run_id)  # reads Prefect's settings: a quarter of a millisecond, per answer
+
+
+def _answer(store: Store, d: Any) -> dict[str, Any]:
     inc = store.incidents.get(d.incident_id) if d.incident_id else None
     flow_run_id = (inc.flow_run_id if inc else None) or d.flow_run_id
     if d.incident_id and flow_run_id is None:
@@ -266,7 +355,7 @@ def _answer(store: Store, d: Any) -> dict[str, Any]:
         "incident_id": d.incident_id,
         "rule": d.rule,
         "flow_run_id": flow_run_id,
-        "flow_run_url": run_url(flow_run_id) if flow_run_id else None,
+        "flow_run_url": _run_url(flow_run_id) if flow_run_id else None,
         "delivery": "queued" if d.incident_id and not flow_run_id else None,
     }
 
@@ -283,6 +372,35 @@ async def _read_limited(request: Request) -> bytes:
             raise PayloadError(f"body is over the limit of {MAX_BODY} bytes (1 MiB)", 413)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def require_prefect(wait: float = 5.0) -> str:
+    """The Prefect API the intake will use. ConfigurationError, saying how to point the intake
+    at one, when PREFECT_API_URL is unset or does not answer within `wait` seconds."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from sevflow.errors import ConfigurationError
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise ConfigurationError(
+            "sevflow intake needs the Prefect server its procedures run on, and PREFECT_API_URL is not set. "
+            "Set it (e.g. `export PREFECT_API_URL=http://127.0.0.1:4200/api`, the address `sevflow up` prints, "
+            "or `prefect config set PREFECT_API_URL=...`), or run `sevflow up`, which starts a server, the "
+            "procedures and the intake together.")
+    deadline = time.monotonic() + wait
+    while True:
+        with get_client(sync_client=True) as client:
+            problem = client.api_healthcheck()
+        if problem is None:
+            return url
+        if time.monotonic() > deadline:
+            raise ConfigurationError(
+                f"sevflow intake: the Prefect server at PREFECT_API_URL={url} does not answer "
+                f"({type(problem).__name__}: {str(problem)[:200]}). Start it (`prefect server start`, or "
+                "`sevflow up`), or point PREFECT_API_URL at the server your procedures run on.")
+        time.sleep(0.5)
 
 
 def load_config(rules_path: Path, state_dir: Path, **kwargs: Any) -> IntakeConfig:
@@ -303,7 +421,7 @@ def load_config(rules_path: Path, state_dir: Path, **kwargs: Any) -> IntakeConfi
 
 
 def serve(host: str, port: int, rules_path: Path, state_dir: Path, answer_wait: float = 3.0,
-          credentials_refresh: float = 30.0) -> None:
+          credentials_refresh: float = 2.0) -> None:
     import uvicorn
 
     config = load_config(rules_path, state_dir, answer_wait=answer_wait, credentials_refresh=credentials_refresh)

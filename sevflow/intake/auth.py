@@ -3,14 +3,16 @@
 Each check raises `AuthenticationFailed` with a message the sender's operator can act on
 (which header, which block) and never the secret or the expected value.
 
-- bearer token (every source): `Authorization: Bearer <token>`;
+- bearer token or basic credentials (every source): `Authorization: Bearer <token>` or
+  `Authorization: Basic <base64 user:password>` (Alertmanager's and Grafana's `basic_auth`);
 - PagerDuty: `X-PagerDuty-Signature: v1=<hex HMAC-SHA256(secret, body)>`, several
   comma-separated values while a secret rotates (accept if any matches any secret we hold);
 - Grafana: hex HMAC-SHA256 over the body, or over `"<ts>:<body>"` when a timestamp header is
   configured, with the timestamp inside a replay window;
 - SNS: RSA signature (SHA1 for SignatureVersion 1, SHA256 for 2) over the canonical fields,
-  with the certificate from `SigningCertURL`, which must be an https URL on
-  `sns.<region>.amazonaws.com` (or an origin the block trusts explicitly).
+  with the certificate from `SigningCertURL`, which must be an https URL of a `.pem` file on
+  `sns.<region>.amazonaws.com` (or an origin the block trusts explicitly). A certificate that
+  cannot be fetched is `TemporarilyUnavailable` (503: SNS retries), not a refusal.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
-from sevflow.errors import AuthenticationFailed
+from sevflow.errors import AuthenticationFailed, TemporarilyUnavailable
 from sevflow.intake.alerts import SnsEnvelope
 
 
@@ -35,6 +37,8 @@ class SourceAuth:
 
     source: str
     bearer_token: str | None = None
+    basic_username: str | None = None
+    basic_password: str | None = None
     signing_secrets: tuple[str, ...] = ()
     signature_header: str | None = None
     timestamp_header: str | None = None
@@ -42,15 +46,16 @@ class SourceAuth:
     allowed_topics: tuple[str, ...] = ()
     trusted_origins: tuple[str, ...] = ()
     allow_unauthenticated: bool = False
+    rate_limit: float = 50.0  # alerts per second, on average
     block: str = ""
 
     def __repr__(self) -> str:  # never show secrets
         return f"SourceAuth({self.source!r}, bearer={'set' if self.bearer_token else 'unset'}, " \
-               f"signing_secrets={len(self.signing_secrets)})"
+               f"basic={'set' if self.basic_password else 'unset'}, signing_secrets={len(self.signing_secrets)})"
 
     @property
     def has_check(self) -> bool:
-        return bool(self.bearer_token or self.signing_secrets or self.source == "sns")
+        return bool(self.bearer_token or self.basic_password or self.signing_secrets or self.source == "sns")
 
 
 def check_headers_and_body(auth: SourceAuth, headers: Mapping[str, str], body: bytes,
@@ -60,8 +65,8 @@ def check_headers_and_body(auth: SourceAuth, headers: Mapping[str, str], body: b
         raise AuthenticationFailed(
             f"source {auth.source!r} has no token or signing secret in block {auth.block}; "
             "set one (or allow_unauthenticated, on a trusted network only)")
-    if auth.bearer_token:
-        check_bearer(auth, headers)
+    if auth.bearer_token or auth.basic_password:
+        check_authorization(auth, headers)
     if auth.signing_secrets and auth.source == "pagerduty":
         check_pagerduty_signature(auth, headers, body)
     elif auth.signing_secrets and auth.source == "grafana":
@@ -70,14 +75,30 @@ def check_headers_and_body(auth: SourceAuth, headers: Mapping[str, str], body: b
         check_hex_hmac(auth, headers, body)
 
 
-def check_bearer(auth: SourceAuth, headers: Mapping[str, str]) -> None:
+def check_authorization(auth: SourceAuth, headers: Mapping[str, str]) -> None:
+    """The Authorization header carries the block's bearer token or its basic credentials
+    (whichever the block sets; either one when it sets both)."""
     value = headers.get("authorization", "")
     scheme, _, token = value.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationFailed(f"missing `Authorization: Bearer <token>` (the token in block {auth.block})")
-    assert auth.bearer_token is not None
-    if not hmac.compare_digest(token.strip().encode(), auth.bearer_token.encode()):
-        raise AuthenticationFailed(f"the bearer token is not the one in block {auth.block}")
+    scheme, token = scheme.lower(), token.strip()
+    wanted = " or ".join(w for w, on in (("`Authorization: Bearer <token>`", auth.bearer_token),
+                                         ("basic auth", auth.basic_password)) if on)
+    if scheme == "bearer" and token and auth.bearer_token:
+        if not hmac.compare_digest(token.encode(), auth.bearer_token.encode()):
+            raise AuthenticationFailed(f"the bearer token is not the one in block {auth.block}")
+        return
+    if scheme == "basic" and token and auth.basic_password:
+        try:
+            user, sep, password = base64.b64decode(token, validate=True).decode("utf-8").partition(":")
+        except ValueError:
+            raise AuthenticationFailed("the basic auth credentials are not base64 of user:password") from None
+        # compare both, always, so timing says nothing about which one was wrong
+        same_user = hmac.compare_digest(user.encode(), (auth.basic_username or "").encode())
+        same_password = hmac.compare_digest(password.encode(), auth.basic_password.encode())
+        if not (sep and same_user and same_password):
+            raise AuthenticationFailed(f"the basic auth user or password is not the one in block {auth.block}")
+        return
+    raise AuthenticationFailed(f"missing {wanted} (the credentials in block {auth.block})")
 
 
 def _hex_hmac(secret: str, message: bytes) -> str:
@@ -111,8 +132,8 @@ def check_grafana_signature(auth: SourceAuth, headers: Mapping[str, str], body: 
     message = body
     if auth.timestamp_header:
         stamp = headers.get(auth.timestamp_header.lower(), "").strip()
-        if not stamp.isdigit():
-            raise AuthenticationFailed(f"missing or non-numeric {auth.timestamp_header} (unix seconds)")
+        if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
+            raise AuthenticationFailed(f"missing or malformed {auth.timestamp_header}: unix seconds, digits only")
         if abs(now - int(stamp)) > auth.replay_window_seconds:
             raise AuthenticationFailed(
                 f"{auth.timestamp_header} is {int(now - int(stamp))} s from now, outside the replay window of "
@@ -132,7 +153,11 @@ def check_hex_hmac(auth: SourceAuth, headers: Mapping[str, str], body: bytes) ->
 
 # --- SNS -------------------------------------------------------------------------------
 
-_SNS_HOST = re.compile(r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
+# sns.<region>.amazonaws.com[.cn], where a region is like us-east-1, eu-central-2, us-gov-west-1,
+# cn-north-1, us-iso-east-1: never an S3 bucket host such as sns.s3.amazonaws.com.
+_SNS_HOST = re.compile(r"^sns\.[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]\.amazonaws\.com(\.cn)?$")
+# A topic pattern names one account's topics: partition, region and account are literal.
+_TOPIC_PATTERN = re.compile(r"^arn:aws(-[a-z-]+)?:sns:[a-z0-9-]+:[0-9]+:[^:]+$")
 _SIGNED_FIELDS = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
     "SubscriptionConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"),
@@ -148,6 +173,23 @@ def check_aws_url(auth: SourceAuth, url: str, what: str) -> None:
     if parts.scheme != "https" or not _SNS_HOST.match(parts.hostname or "") or parts.port not in (None, 443) \
             or parts.username or parts.password:
         raise AuthenticationFailed(f"{what} {url!r} is not an https URL on sns.<region>.amazonaws.com; refused")
+
+
+def check_topic_patterns(patterns: tuple[str, ...] | list[str], block: str) -> None:
+    """`allowed_topics` entries are topic ARNs; a glob may stand in the topic name only, so no
+    pattern admits other accounts' (let alone every) topics."""
+    for pattern in patterns:
+        if not _TOPIC_PATTERN.match(pattern):
+            raise AuthenticationFailed(
+                f"allowed_topics entry {pattern!r} in block {block} is not a topic ARN "
+                "(arn:aws:sns:<region>:<account id>:<topic>, a glob only inside the topic name); "
+                "a pattern that admits every topic is refused")
+
+
+def check_signing_cert_url(auth: SourceAuth, url: str) -> None:
+    check_aws_url(auth, url, "SigningCertURL")
+    if not urlsplit(url).path.endswith(".pem"):
+        raise AuthenticationFailed(f"SigningCertURL {url!r} is not a .pem certificate; refused")
 
 
 def sns_string_to_sign(envelope: SnsEnvelope) -> bytes:
@@ -183,17 +225,23 @@ class SnsVerifier:
         self._certs[url] = pem
         return pem
 
+    def forget(self, url: str) -> None:
+        self._certs.pop(url, None)
+        if self.cache_dir is not None:
+            (self.cache_dir / (hashlib.sha256(url.encode()).hexdigest() + ".pem")).unlink(missing_ok=True)
+
     def verify(self, auth: SourceAuth, envelope: SnsEnvelope) -> None:
         from cryptography import x509
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-        if auth.allowed_topics and not any(_topic_matches(envelope.TopicArn, t) for t in auth.allowed_topics):
-            raise AuthenticationFailed(f"topic {envelope.TopicArn} is not in allowed_topics of block {auth.block}")
         if not auth.allowed_topics:
             raise AuthenticationFailed(f"block {auth.block} allows no SNS topic; add the topic ARN to allowed_topics")
-        check_aws_url(auth, envelope.SigningCertURL, "SigningCertURL")
+        check_topic_patterns(auth.allowed_topics, auth.block)
+        if not any(_topic_matches(envelope.TopicArn, t) for t in auth.allowed_topics):
+            raise AuthenticationFailed(f"topic {envelope.TopicArn} is not in allowed_topics of block {auth.block}")
+        check_signing_cert_url(auth, envelope.SigningCertURL)
         digest = {"1": hashes.SHA1(), "2": hashes.SHA256()}.get(envelope.SignatureVersion)
         if digest is None:
             raise AuthenticationFailed(f"unknown SNS SignatureVersion {envelope.SignatureVersion!r}")
@@ -203,12 +251,17 @@ class SnsVerifier:
             raise AuthenticationFailed("the SNS Signature is not base64") from exc
         try:
             pem = self.certificate(envelope.SigningCertURL)
+        except Exception as exc:  # network, TLS, AWS answering an error: SNS retries on 5xx, never on 4xx
+            raise TemporarilyUnavailable(
+                f"could not fetch the signing certificate {envelope.SigningCertURL} ({type(exc).__name__}); "
+                "retry", retry_after=30) from exc
+        try:
             key = x509.load_pem_x509_certificate(pem).public_key()
-        except AuthenticationFailed:
-            raise
-        except Exception as exc:  # network, TLS or a PEM that is not a certificate: all mean "cannot verify"
-            raise AuthenticationFailed(
-                f"could not get the signing certificate {envelope.SigningCertURL}: {type(exc).__name__}") from exc
+        except ValueError as exc:
+            self.forget(envelope.SigningCertURL)  # fetched something else; fetch it again next time
+            raise TemporarilyUnavailable(
+                f"the signing certificate at {envelope.SigningCertURL} is not a PEM certificate; retry",
+                retry_after=30) from exc
         if not isinstance(key, rsa.RSAPublicKey):
             raise AuthenticationFailed("the SNS signing certificate does not hold an RSA key")
         try:

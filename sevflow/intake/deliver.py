@@ -11,8 +11,14 @@ For each stored alert (oldest first), on the alert's incident:
 
 An alert is marked delivered only when all three are done. When Prefect is down or answers
 503, the lane of that incident stops at the alert that failed and the pass ends; the next
-pass (with backoff) starts from it again, so order within an incident is kept. Incidents
-whose run has reached a final state are closed: a later firing alert opens a new incident.
+pass (with backoff) starts from it again, so order within an incident is kept. When Prefect
+refuses an alert for good (the run was deleted: 404; a request it will never take: other
+4xx), the alert becomes a dead letter: kept in the store, shown in /healthz and by
+`sevflow intake-dead-letters`, not retried, and no cause for backoff. Incidents whose run has
+reached a final state are closed: a later firing alert opens a new incident.
+
+Each incident's run is created once: the opener (right after the first alert is stored) and
+a delivery pass that reaches the same incident share one creation.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from datetime import datetime
 from typing import Any, Callable
 from uuid import UUID
 
-from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 
@@ -41,10 +47,28 @@ class NotServed(Exception):
     """The procedure has no deployment: nothing serves it (yet)."""
 
 
+# Seconds between attempts to create a run while Prefect answers 503 (its SQLite is busy): soon,
+# and for up to ~10 s, before the delivery pass (with its backoff) takes over.
+CREATE_RETRIES = (0.05, 0.1, 0.2, 0.3, *(0.5,) * 18)
+
+
+def permanent(exc: BaseException) -> bool:
+    """Prefect will never take this request, however often it is sent."""
+    if isinstance(exc, ObjectNotFound):
+        return True
+    if isinstance(exc, PrefectHTTPStatusError):
+        code = exc.response.status_code
+        return 400 <= code < 500 and code not in (408, 409, 425, 429)
+    return False
+
+
 class Deliverer:
-    def __init__(self, store: Store, lanes: int = 8, on_run: Callable[[str, str], None] | None = None,
-                 close_interval: float = 2.0) -> None:
+    def __init__(self, store: Store, client: PrefectClient, lanes: int = 8,
+                 on_run: Callable[[str, str], None] | None = None, close_interval: float = 2.0) -> None:
         self.store = store
+        # one client for the process: each new one builds a TLS context (~0.2 s of CPU), and a
+        # pass, an opener and the closer each made one
+        self.client = client
         self.lanes = lanes
         self.on_run = on_run or (lambda incident_id, flow_run_id: None)
         self.close_interval = close_interval
@@ -56,6 +80,7 @@ class Deliverer:
         self._delivered_last = 0
         self.pass_spacing = 0.5
         self._namespace = uuid.UUID(hashlib.md5(store.store_id.encode()).hexdigest())
+        self._opening: dict[str, asyncio.Future[None]] = {}
 
     async def run(self) -> None:
         failures = 0
@@ -93,18 +118,18 @@ class Deliverer:
             events: list[dict[str, Any]] = []
             for row in rows:
                 lanes.setdefault(row.incident_id or "", []).append(row)
-            async with get_client() as client:
-                gate = asyncio.Semaphore(self.lanes)
-                results = await asyncio.gather(*(self._lane(client, gate, lane, events) for lane in lanes.values()))
-                if events:
-                    try:
-                        await self._emit(client, events)
-                    except Exception as exc:
-                        self._trouble(f"events: {type(exc).__name__}: {exc}")
-                        return False  # nothing marked delivered: records are write-once and runs idempotent
-                for done, _ in results:
-                    if done:
-                        await self.store.delivered(done)
+            client = self.client
+            gate = asyncio.Semaphore(self.lanes)
+            results = await asyncio.gather(*(self._lane(client, gate, lane, events) for lane in lanes.values()))
+            if events:
+                try:
+                    await self._emit(client, events)
+                except Exception as exc:
+                    self._trouble(f"events: {type(exc).__name__}: {exc}")
+                    return False  # nothing marked delivered: records are write-once and runs idempotent
+            for done, _ in results:
+                if done:
+                    await self.store.delivered(done)
             ok = all(failed is False for _, failed in results)
             if ok and self.reachable is False:
                 log.warning("Prefect answers again; the queued alerts were delivered.")
@@ -121,19 +146,18 @@ class Deliverer:
         """Create the run of each new incident as soon as the intake has stored its first alert,
         without waiting for the delivery pass: that run is what the on-call engineer (and the
         sender's waiting answer) needs first. A failure here is left to the delivery pass."""
-        async with get_client() as client:
-            while True:
-                incident_id = await incidents.get()
+        while True:
+            incident_id = await incidents.get()
+            try:
                 incident = self.store.incident(incident_id)
                 if incident is None or incident.flow_run_id is not None:
                     continue
                 first = await self.store.first_alert(incident_id)
                 if first is None:
                     continue
-                try:
-                    await self._start_run(client, incident, first)
-                except Exception as exc:
-                    self._trouble(f"{type(exc).__name__}: {exc}", first)
+                await self._start_run(self.client, incident, first)
+            except Exception as exc:  # the delivery pass tries again
+                self._trouble(f"{type(exc).__name__}: {exc}")
 
     async def _lane(self, client: PrefectClient, gate: asyncio.Semaphore, rows: list[Pending],
                     events: list[dict[str, Any]]) -> tuple[list[int], bool]:
@@ -145,8 +169,15 @@ class Deliverer:
                 try:
                     events.append(await self._deliver(client, row))
                 except Exception as exc:
-                    self._trouble(f"{type(exc).__name__}: {exc}", row)
-                    await self.store.failed(row.seq, f"{type(exc).__name__}: {exc}")
+                    error = f"{type(exc).__name__}: {exc}"
+                    if permanent(exc):  # retrying cannot help: a dead letter, and the lane goes on
+                        log.error("Prefect refused alert #%d (incident %s) for good: %s. It is kept as a dead "
+                                  "letter (see /healthz or `sevflow intake-dead-letters`).", row.seq,
+                                  row.incident_id, error)
+                        await self.store.dead([row.seq], error)
+                        continue
+                    self._trouble(error, row)
+                    await self.store.failed(row.seq, error)
                     return done, True  # keep this incident's order: nothing after it goes first
                 done.append(row.seq)
             return done, False
@@ -164,6 +195,21 @@ class Deliverer:
         return self._event(incident, row)
 
     async def _start_run(self, client: PrefectClient, incident: Incident, row: Pending) -> None:
+        """Create the incident's run, once: a second caller waits for the first one's creation."""
+        while incident.flow_run_id is None:
+            opening = self._opening.get(incident.incident_id)
+            if opening is not None:
+                await asyncio.shield(opening)  # its failure is its caller's to report; then try again
+                continue
+            opening = self._opening[incident.incident_id] = asyncio.get_running_loop().create_future()
+            try:
+                await self._create_run(client, incident, row)
+            finally:
+                opening.set_result(None)
+                del self._opening[incident.incident_id]
+            return
+
+    async def _create_run(self, client: PrefectClient, incident: Incident, row: Pending) -> None:
         route = incident.route
         deployment_id = await self._deployment(client, route.procedure)
         alert = row.alert
@@ -174,15 +220,28 @@ class Deliverer:
             "reason": f"{alert.source} alert: {alert.summary}"[:500],
             **route.parameters,
         }
-        flow_run = await client.create_flow_run_from_deployment(
-            deployment_id, parameters=parameters, idempotency_key=f"sevflow-intake/{incident.incident_id}",
-            tags=["sevflow", "sevflow-intake", f"incident:{incident.incident_id}", f"sev:{route.severity.number}",
-                  f"service:{route.service}"],
-        )
-        if incident.flow_run_id is not None:
-            return  # the other path (opener or delivery pass) got there first; the key made it one run
-        await self.store.set_flow_run(incident.incident_id, str(flow_run.id))
+        for delay in (*CREATE_RETRIES, None):
+            try:
+                flow_run = await client.create_flow_run_from_deployment(
+                    deployment_id, parameters=parameters, idempotency_key=f"sevflow-intake/{incident.incident_id}",
+                    tags=["sevflow", "sevflow-intake", f"incident:{incident.incident_id}",
+                          f"sev:{route.severity.number}", f"service:{route.service}"],
+                )
+                break
+            except ObjectNotFound:
+                self._deployments.pop(route.procedure, None)  # re-registered under a new id? read it again
+                raise
+            except PrefectHTTPStatusError as exc:
+                # A busy embedded server (SQLite: "database is locked") answers 503 for a moment;
+                # Prefect's client would retry after 2 s, and that was the whole tail of alert ->
+                # Running. The idempotency key makes a retry safe.
+                if delay is None or exc.response.status_code not in (429, 503):
+                    raise
+                await asyncio.sleep(delay)
+        # Known in memory first: if the store cannot write it now, a restart creates again with
+        # the same idempotency key and gets this run back.
         incident.flow_run_id = str(flow_run.id)
+        await self.store.set_flow_run(incident.incident_id, str(flow_run.id))
         log.info("Incident %s: started %s for %s (%s), flow run %s, from rule %s", incident.incident_id,
                  route.procedure, route.service, route.severity.value, flow_run.id, route.rule)
         self.on_run(incident.incident_id, str(flow_run.id))
@@ -260,11 +319,10 @@ class Deliverer:
             return
         ids = [UUID(r) for r in open_runs]
         alive: set[str] = set()
-        async with get_client() as client:
-            for start in range(0, len(ids), 200):  # the server's page limit
-                runs = await client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids[start:start + 200])), limit=200)
-                alive |= {str(r.id) for r in runs if not (r.state and r.state.is_final())}
+        for start in range(0, len(ids), 200):  # the server's page limit
+            runs = await self.client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids[start:start + 200])), limit=200)
+            alive |= {str(r.id) for r in runs if not (r.state and r.state.is_final())}
         ended = [incident_id for run_id, incident_id in open_runs.items() if run_id not in alive]
         if ended:
             await self.store.close_incidents(ended)

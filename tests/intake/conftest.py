@@ -15,9 +15,11 @@ from tests.support.stack import Intake, PrefectServer, Worker
 
 TOKENS = {source: f"{source[:4]}-bearer-{i}c81f0e" for i, source in
           enumerate(("alertmanager", "grafana", "pagerduty", "datadog", "opsgenie", "sns", "generic"))}
+REAL_SNS_TOPIC = "arn:aws:sns:us-east-1:041977924901:test"  # of the real AWS-signed fixture (tests/intake/fixtures)
+ALERTMANAGER_BASIC = ("alertmanager", "am-basic-pw-4e1b9c")  # Alertmanager's basic_auth
 PD_SECRET = vectors("pagerduty-v3-signature-vectors.json")["secret"]
 GRAFANA_SECRET = vectors("grafana-hmac-vectors.GENERATED.json")["secret"]
-INTAKE_SECRETS = (*TOKENS.values(), PD_SECRET, GRAFANA_SECRET)
+INTAKE_SECRETS = (*TOKENS.values(), PD_SECRET, GRAFANA_SECRET, ALERTMANAGER_BASIC[1])
 SNS_TOPIC = "arn:aws:sns:eu-west-1:123456789012:sevflow-alarms"
 
 RULES = """\
@@ -41,10 +43,12 @@ def save_sources(aws_origin: str, **grafana: Any) -> None:
         fields: dict[str, Any] = {"bearer_token": SecretStr(token)}
         if source == "pagerduty":
             fields["signing_secret"] = SecretStr(PD_SECRET)
+        if source == "alertmanager":  # either the token or basic auth
+            fields |= {"basic_auth_username": ALERTMANAGER_BASIC[0], "basic_auth_password": SecretStr(ALERTMANAGER_BASIC[1])}
         if source == "grafana":
             fields |= {"signing_secret": SecretStr(GRAFANA_SECRET)} | grafana
         if source == "sns":
-            fields = {"allowed_topics": [SNS_TOPIC], "trusted_origins": [aws_origin]}
+            fields = {"allowed_topics": [SNS_TOPIC, REAL_SNS_TOPIC], "trusted_origins": [aws_origin]}
         AlertSource(**fields).save(source, overwrite=True)
 
 
@@ -83,12 +87,29 @@ class StoreView:
         conn = sqlite3.connect(self.path)
         conn.row_factory = sqlite3.Row
         try:
-            return conn.execute(f"SELECT * FROM alerts WHERE {where} ORDER BY seq", args).fetchall()
+            return conn.execute(f"SELECT alerts.*, deliveries.body AS raw FROM alerts LEFT JOIN deliveries "
+                                f"USING (delivery_id) WHERE {where} ORDER BY seq", args).fetchall()
         finally:
             conn.close()
 
     def count(self) -> int:
         return len(self.rows())
+
+    def closed(self, incident_id: str) -> bool:
+        """The intake closed the incident (its run ended)."""
+        conn = sqlite3.connect(self.path)
+        try:
+            row = conn.execute("SELECT closed_at FROM incidents WHERE incident_id=?", (incident_id,)).fetchone()
+            return bool(row and row[0])
+        finally:
+            conn.close()
+
+    def deliveries(self, delivery_id: int) -> int:
+        conn = sqlite3.connect(self.path)
+        try:
+            return conn.execute("SELECT count(*) FROM deliveries WHERE delivery_id=?", (delivery_id,)).fetchone()[0]
+        finally:
+            conn.close()
 
 
 @pytest.fixture

@@ -112,6 +112,13 @@ class AwsStandIn(_Server):
                 aws: AwsStandIn = self.server.owner  # type: ignore[attr-defined]
                 aws.gets.append(self.path)
                 body = aws.certificate if self.path.endswith(".pem") else b"<ConfirmSubscriptionResponse/>"
+                if "unavailable" in self.path:  # AWS having a bad moment
+                    body = b"<Error>ServiceUnavailable</Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
