@@ -8,7 +8,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
 if TYPE_CHECKING:
-    from sevflow.intake.auth import SourceAuth
+    from sevflow.intake.alerts import SourceAuth
 
 
 class AlertSource(Block):
@@ -54,7 +54,7 @@ class AlertSource(Block):
     @classmethod
     def _no_wildcard_topics(cls, v: list[str]) -> list[str]:
         from sevflow.errors import AuthenticationFailed
-        from sevflow.intake.auth import check_topic_patterns
+        from sevflow.intake.alerts import check_topic_patterns
 
         try:
             check_topic_patterns(v, "sevflow-alert-source/sns")
@@ -64,7 +64,7 @@ class AlertSource(Block):
 
     def get_auth(self, source: str, block: str) -> SourceAuth:
         """The checks for this source, with the secrets unwrapped: the only place they are."""
-        from sevflow.intake.auth import SourceAuth
+        from sevflow.intake.alerts import SourceAuth
 
         secrets = tuple(s.get_secret_value() for s in (self.signing_secret, self.previous_signing_secret)
                         if s is not None and s.get_secret_value())

@@ -21,6 +21,7 @@ Identity keys (what dedup is by) are prefixed with the source, so two senders ne
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 import json
 import re
 from datetime import datetime, timezone
@@ -28,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sevflow.errors import PayloadError
+from sevflow.errors import AuthenticationFailed, PayloadError
 
 SOURCES = ("alertmanager", "grafana", "pagerduty", "datadog", "opsgenie", "sns", "generic")
 Source = Literal["alertmanager", "grafana", "pagerduty", "datadog", "opsgenie", "sns", "generic"]
@@ -544,3 +545,46 @@ _PARSERS = {
     "sns": _sns,
     "generic": _generic,
 }
+
+
+# --- who a sender must be: built from its `sevflow Alert Source` block (pure, shared with the block) ---
+
+_TOPIC_PATTERN = re.compile(r"^arn:aws(-[a-z-]+)?:sns:[a-z0-9-]+:[0-9]+:[^:]+$")
+
+
+@dataclass(frozen=True)
+class SourceAuth:
+    """What one source must present; built from its `sevflow Alert Source` block."""
+
+    source: str
+    bearer_token: str | None = None
+    basic_username: str | None = None
+    basic_password: str | None = None
+    signing_secrets: tuple[str, ...] = ()
+    signature_header: str | None = None
+    timestamp_header: str | None = None
+    replay_window_seconds: float = 300.0
+    allowed_topics: tuple[str, ...] = ()
+    trusted_origins: tuple[str, ...] = ()
+    allow_unauthenticated: bool = False
+    rate_limit: float = 50.0  # alerts per second, on average
+    block: str = ""
+
+    def __repr__(self) -> str:  # never show secrets
+        return f"SourceAuth({self.source!r}, bearer={'set' if self.bearer_token else 'unset'}, " \
+               f"basic={'set' if self.basic_password else 'unset'}, signing_secrets={len(self.signing_secrets)})"
+
+    @property
+    def has_check(self) -> bool:
+        return bool(self.bearer_token or self.basic_password or self.signing_secrets or self.source == "sns")
+
+
+def check_topic_patterns(patterns: tuple[str, ...] | list[str], block: str) -> None:
+    """`allowed_topics` entries are topic ARNs; a glob may stand in the topic name only, so no
+    pattern admits other accounts' (let alone every) topics."""
+    for pattern in patterns:
+        if not _TOPIC_PATTERN.match(pattern):
+            raise AuthenticationFailed(
+                f"allowed_topics entry {pattern!r} in block {block} is not a topic ARN "
+                "(arn:aws:sns:<region>:<account id>:<topic>, a glob only inside the topic name); "
+                "a pattern that admits every topic is refused")

@@ -28,34 +28,7 @@ from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 from sevflow.errors import AuthenticationFailed, TemporarilyUnavailable
-from sevflow.intake.alerts import SnsEnvelope
-
-
-@dataclass(frozen=True)
-class SourceAuth:
-    """What one source must present; built from its `sevflow Alert Source` block."""
-
-    source: str
-    bearer_token: str | None = None
-    basic_username: str | None = None
-    basic_password: str | None = None
-    signing_secrets: tuple[str, ...] = ()
-    signature_header: str | None = None
-    timestamp_header: str | None = None
-    replay_window_seconds: float = 300.0
-    allowed_topics: tuple[str, ...] = ()
-    trusted_origins: tuple[str, ...] = ()
-    allow_unauthenticated: bool = False
-    rate_limit: float = 50.0  # alerts per second, on average
-    block: str = ""
-
-    def __repr__(self) -> str:  # never show secrets
-        return f"SourceAuth({self.source!r}, bearer={'set' if self.bearer_token else 'unset'}, " \
-               f"basic={'set' if self.basic_password else 'unset'}, signing_secrets={len(self.signing_secrets)})"
-
-    @property
-    def has_check(self) -> bool:
-        return bool(self.bearer_token or self.basic_password or self.signing_secrets or self.source == "sns")
+from sevflow.intake.alerts import SnsEnvelope, SourceAuth, check_topic_patterns  # noqa: F401 (re-exported)
 
 
 def check_headers_and_body(auth: SourceAuth, headers: Mapping[str, str], body: bytes,
@@ -157,7 +130,6 @@ def check_hex_hmac(auth: SourceAuth, headers: Mapping[str, str], body: bytes) ->
 # cn-north-1, us-iso-east-1: never an S3 bucket host such as sns.s3.amazonaws.com.
 _SNS_HOST = re.compile(r"^sns\.[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]\.amazonaws\.com(\.cn)?$")
 # A topic pattern names one account's topics: partition, region and account are literal.
-_TOPIC_PATTERN = re.compile(r"^arn:aws(-[a-z-]+)?:sns:[a-z0-9-]+:[0-9]+:[^:]+$")
 _SIGNED_FIELDS = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
     "SubscriptionConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"),
@@ -173,17 +145,6 @@ def check_aws_url(auth: SourceAuth, url: str, what: str) -> None:
     if parts.scheme != "https" or not _SNS_HOST.match(parts.hostname or "") or parts.port not in (None, 443) \
             or parts.username or parts.password:
         raise AuthenticationFailed(f"{what} {url!r} is not an https URL on sns.<region>.amazonaws.com; refused")
-
-
-def check_topic_patterns(patterns: tuple[str, ...] | list[str], block: str) -> None:
-    """`allowed_topics` entries are topic ARNs; a glob may stand in the topic name only, so no
-    pattern admits other accounts' (let alone every) topics."""
-    for pattern in patterns:
-        if not _TOPIC_PATTERN.match(pattern):
-            raise AuthenticationFailed(
-                f"allowed_topics entry {pattern!r} in block {block} is not a topic ARN "
-                "(arn:aws:sns:<region>:<account id>:<topic>, a glob only inside the topic name); "
-                "a pattern that admits every topic is refused")
 
 
 def check_signing_cert_url(auth: SourceAuth, url: str) -> None:
