@@ -102,8 +102,9 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 def run(
     procedure: str = typer.Argument(..., help="e.g. application-rollback"),
     param: list[str] = typer.Option([], "--param", "-p", help="key=value, repeatable"),
+    host: str = typer.Option("", help="Run it on this host's queue (work pool deployments: host-NAME)."),
 ) -> None:
-    """Start a procedure's run on the served deployment and print its link."""
+    """Start a procedure's run on its deployment (in its severity's queue) and print its link."""
     from prefect.deployments import run_deployment
 
     from sevflow.deployments import DEPLOYMENT_NAME, procedures
@@ -121,12 +122,41 @@ def run(
     if missing:
         _fail(f"{procedure} needs --param {' --param '.join(m + '=...' for m in missing)}")
     try:
-        flow_run = run_deployment(f"{procedure}/{DEPLOYMENT_NAME}", parameters=params, timeout=0)
+        flow_run = run_deployment(f"{procedure}/{DEPLOYMENT_NAME}", parameters=params, timeout=0,
+                                  work_queue_name=_queue_for_run(procedure, params, host))
     except Exception as exc:  # the server's words are the useful part
         _fail(f"could not start {procedure}: {exc}")
-    out.print(f"Started {procedure}: flow run {flow_run.id} ({flow_run.name})")
-    out.print(f"  {run_url(flow_run.id) or ''}")
-    out.print(f"  It will pause at the approval gate; answer with: sevflow approve {flow_run.id} --as NAME --reason TEXT")
+    _print_started(procedure, flow_run, run_url(flow_run.id))
+
+
+def _queue_for_run(procedure: str, params: dict[str, Any], host: str) -> str | None:
+    """Work pool deployments: the run goes to its severity's queue (or its host's)."""
+    from prefect.client.orchestration import get_client
+
+    from sevflow.deployments import DEPLOYMENT_NAME, run_queue
+
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(f"{procedure}/{DEPLOYMENT_NAME}")
+        except Exception as exc:  # the server's words are the useful part
+            _fail(f"could not start {procedure}: {exc}. Is `sevflow up`, `sevflow serve` or `sevflow deploy` "
+                  "done against this server?")
+    if host and not deployment.work_pool_name:
+        _fail("--host needs the work pool deployments (`sevflow deploy`); this server serves them directly")
+    try:
+        return run_queue(deployment.work_pool_name, params.get("severity"), host or None)
+    except ValueError as exc:
+        _fail(str(exc))
+    return None
+
+
+def _print_started(procedure: str, flow_run: Any, url: str | None) -> None:
+    # soft_wrap: a command a person copies must not be broken by the terminal's width.
+    out.print(f"Started {procedure}: flow run {flow_run.id} ({flow_run.name})", soft_wrap=True)
+    if url:
+        out.print(f"  {url}", soft_wrap=True)
+    out.print("  It will pause at the approval gate; answer with:", soft_wrap=True)
+    out.print(f"  sevflow approve {flow_run.id} --as NAME --reason TEXT", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -191,6 +221,63 @@ def escalate() -> None:
 
     done = approval_escalation()
     out.print(done or "nothing due")
+
+
+# --- scale-out: work pool, workers, shared result storage ---------------------------------
+
+
+@app.command()
+def deploy(
+    host: list[str] = typer.Option([], "--host", help="Also make this host's queue (host-NAME); repeatable."),
+    escalation_interval: float = typer.Option(30.0, help="Escalation watcher schedule, seconds; 0: none."),
+) -> None:
+    """Register every procedure on PREFECT_API_URL's server in the `sevflow` work pool
+    (queues sev-1 … sev-4 in priority order, one per --host)."""
+    import asyncio
+
+    from sevflow.deployments import POOL, SEVERITY_QUEUES, deploy as run_deploy, host_queue
+
+    done = asyncio.run(run_deploy(tuple(host), escalation_interval or None))
+    queues = [*SEVERITY_QUEUES, *(host_queue(h) for h in host)]
+    out.print(f"Work pool {POOL!r}, queues {', '.join(queues)} (priority in that order).")
+    for name in done:
+        out.print(f"  deployed {name}")
+    out.print("Start workers with: sevflow worker   (on a host that must run its own procedures: "
+              "sevflow worker --host NAME)")
+
+
+@app.command()
+def worker(
+    host: str = typer.Option("", help="Run only this host's queue (host-NAME), for procedures that must "
+                                      "run on the affected host."),
+    limit: int = typer.Option(20, help="Most flow runs executing at once (waiting gates hold none)."),
+    poll: float = typer.Option(0.2, help="Seconds between polls of the work pool."),
+) -> None:
+    """Pull runs from the `sevflow` work pool (a Prefect process worker with sevflow's fast start)."""
+    from sevflow.worker import work
+
+    work(host=host or None, limit=limit, query_seconds=poll)
+
+
+@app.command()
+def storage(
+    bucket: str = typer.Option(..., help="S3 bucket every worker can reach."),
+    folder: str = typer.Option("sevflow-results", help="Key prefix inside the bucket."),
+    endpoint_url: str = typer.Option("", help="S3-compatible endpoint (MinIO, moto); empty: AWS."),
+    region: str = typer.Option("", help="AWS region name."),
+) -> None:
+    """Save the `s3-bucket/sevflow-results` block: every worker then persists task results there,
+    so a gate opened on one host can be resumed on another. Credentials come from the usual AWS
+    chain (environment, profile, instance role) unless you edit the block's credentials in the UI."""
+    from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
+
+    from sevflow.worker import RESULTS_BLOCK
+
+    params = AwsClientParameters(endpoint_url=endpoint_url) if endpoint_url else AwsClientParameters()
+    credentials = AwsCredentials(region_name=region or None, aws_client_parameters=params)
+    S3Bucket(bucket_name=bucket, bucket_folder=folder, credentials=credentials).save(
+        RESULTS_BLOCK.split("/", 1)[1], overwrite=True)
+    out.print(f"Saved {RESULTS_BLOCK}: s3://{bucket}/{folder}. Restart workers to use it.")
 
 
 def main() -> None:
