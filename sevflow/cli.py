@@ -28,6 +28,8 @@ def up(
     limit: int = typer.Option(20, help="Most flow runs executing at once (waiting gates hold none)."),
     escalation_interval: float = typer.Option(30.0, help="Seconds between escalation watcher passes."),
     intake_port: int = typer.Option(8787, help="Port of the alert intake (127.0.0.1); 0 starts no intake."),
+    database: str = typer.Option("", help="Run the server on PostgreSQL: postgresql://user[:pw]@host[:port]/db "
+                                          "(default: SQLite in the state folder)."),
 ) -> None:
     """Start the embedded stack: a Prefect server (SQLite, loopback), a worker serving every procedure
     and the alert intake."""
@@ -36,7 +38,7 @@ def up(
 
     try:
         raise typer.Exit(run_up(port=port, limit=limit, escalation_interval=escalation_interval,
-                                intake_port=intake_port, echo=out.print))
+                                intake_port=intake_port, echo=out.print, database=database or None))
     except SevflowError as exc:
         _fail(str(exc))
 

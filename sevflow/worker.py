@@ -54,10 +54,53 @@ def install_fast_start() -> bool:
     return True
 
 
-async def _serve(limit: int | None, query_seconds: float, escalation_interval: float | None) -> None:
+DRAIN_SECONDS = 8.0
+
+
+def _draining_runner_class() -> type:
     from prefect.runner import Runner
 
-    runner = Runner(name=f"sevflow-{socket.gethostname()}", query_seconds=query_seconds, limit=limit)
+    class DrainingRunner(Runner):
+        """Prefect's Runner, stopped gently: on SIGTERM (or Ctrl-C) it takes no new run and gives
+        the runs in flight up to DRAIN_SECONDS to end (an escalation pass takes a second or two),
+        then cancels what is left. Prefect's own handler cancels at once, so a watcher pass
+        caught by a Ctrl-C of `sevflow up` ended Cancelled or, signalled directly, Crashed."""
+
+        def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
+            if not self.started or self.stopping or self._loop is None:
+                raise SystemExit(0)
+            self.stopping = True
+            poller = getattr(self, "_scheduled_run_poller", None)
+            if poller is not None:
+                poller.stopping = True
+            log.info("Stopping: no new runs; waiting up to %.0f s for runs in flight.", DRAIN_SECONDS)
+            self.execute_in_background(self._drain_then_stop)
+
+        async def _drain_then_stop(self) -> None:
+            import anyio
+
+            poller = getattr(self, "_scheduled_run_poller", None)
+
+            def in_flight() -> bool:
+                submitting = getattr(poller, "_submitting_flow_run_ids", ())
+                return bool(self._process_manager.flow_run_ids() or submitting)
+
+            deadline = anyio.current_time() + DRAIN_SECONDS
+            while in_flight() and anyio.current_time() < deadline:
+                await anyio.sleep(0.1)
+            await self.astop()
+
+    return DrainingRunner
+
+
+async def _serve(limit: int | None, query_seconds: float, escalation_interval: float | None) -> None:
+    import signal
+
+    # prefetch 0: a run is taken when it is due, not up to 10 s early and then held waiting,
+    # which a stop would have to cancel (a resumed run is due at once: no latency lost).
+    runner = _draining_runner_class()(name=f"sevflow-{socket.gethostname()}", query_seconds=query_seconds,
+                                      limit=limit, prefetch_seconds=0)
+    signal.signal(signal.SIGINT, runner.handle_sigterm)  # Ctrl-C in a terminal: the same gentle stop
     for flow, kwargs in deployment_kwargs(escalation_interval):
         await runner.add_flow(flow, **kwargs)
     await runner.start()
