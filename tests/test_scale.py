@@ -98,6 +98,17 @@ def _start_worker(fleet: Fleet, workers: list[PoolWorker], root: Path, **kwargs:
     return w
 
 
+def _queue_silent(name: str) -> bool:
+    from prefect.client.orchestration import get_client
+
+    from sevflow.cli import WORKER_SILENCE_SECONDS, _seconds_since
+
+    with get_client(sync_client=True) as client:
+        queue = next(q for q in client.read_work_queues(work_pool_name="sevflow") if q.name == name)
+    since = _seconds_since(queue.last_polled)
+    return since is None or since > WORKER_SILENCE_SECONDS
+
+
 def _service(root: Path, receiver: object = None) -> Service:
     root.mkdir(parents=True)
     return Service(root, receiver)  # type: ignore[arg-type]
@@ -170,10 +181,14 @@ def test_a_gate_opened_on_host_a_completes_on_host_b_and_repeats_no_side_effect(
     assert any(k.endswith(".json") or "/" in k for k in fleet.s3_keys())  # A's step results are on S3
 
     host_a.kill_9()  # for good: its process group, forkserver and all
-    from sevflow.gate import answer_gate
-
-    said = answer_gate(run_id, "approve", "alice", "v2 was healthy", wait_seconds=0.5)
-    assert "is a worker running" in said  # nobody judged it yet: no worker is there
+    until(lambda: _queue_silent("sev-1"), timeout=90, what="the server to see no worker polling sev-1")
+    said = fleet.sevflow("approve", run_id[-8:], "--as", "alice", "--reason", "v2 was healthy")
+    assert said.returncode == 0, said.stderr
+    assert "No worker is running for this run: queue sev-1 of work pool sevflow" in said.stderr
+    assert "sevflow worker" in said.stderr and "Answer recorded" in said.stdout
+    status = fleet.sevflow("status")
+    assert re.search(rf"Answered, not yet resumed: 1\n +{run_id[-8:]} +application-rollback on queue sev-1",
+                     status.stdout), status.stdout
 
     _start_worker(fleet, workers, tmp_path / "host-b")
     final = wait_final(run_id, 180)
