@@ -40,6 +40,7 @@ class PrefectServer:
         self.database = f"sevflow_test_{uuid.uuid4().hex[:10]}"
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.extra_env: dict[str, str] = dict(extra_env or {})
+        self.extra_args: list[str] = []  # e.g. --no-services for an API-only replica
         self.process: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
@@ -73,7 +74,8 @@ class PrefectServer:
         env.update(self.extra_env)
         self.log = (self.home / "server.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port),
+             *self.extra_args],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         wait_healthy(self.api_url, self.process, timeout=120)
