@@ -122,9 +122,11 @@ async def ensure_pool(client: Any, hosts: tuple[str, ...] = ()) -> None:
             await client.update_work_queue(queue.id, priority=priority)
 
 
-async def deploy(hosts: tuple[str, ...] = (), escalation_interval: float | None = 30.0) -> list[str]:
+async def deploy(hosts: tuple[str, ...] = (), escalation_interval: float | None = 30.0,
+                 deployment_name: str = DEPLOYMENT_NAME) -> list[str]:
     """Register every procedure (and the escalation watcher) as deployment `<flow>/sevflow` in
-    the work pool, on the server PREFECT_API_URL names. Returns `flow/deployment` names."""
+    the work pool, on the server PREFECT_API_URL names. Returns `flow/deployment` names.
+    (`deployment_name`: another name, for the benchmark that runs both kinds on one server.)"""
     from prefect.client.orchestration import get_client
     from prefect.types.entrypoint import EntrypointType
 
@@ -134,9 +136,9 @@ async def deploy(hosts: tuple[str, ...] = (), escalation_interval: float | None 
     for flow, kwargs in deployment_kwargs(escalation_interval):
         queue = WATCHER_QUEUE if flow is watcher() or flow.name == watcher().name else DEFAULT_QUEUE
         deployment = await flow.ato_deployment(
-            work_queue_name=queue, entrypoint_type=EntrypointType.MODULE_PATH, **kwargs,
+            work_queue_name=queue, entrypoint_type=EntrypointType.MODULE_PATH, **(kwargs | {"name": deployment_name}),
         )
         deployment.entrypoint = entrypoint(flow)
         await deployment.aapply(work_pool_name=POOL)
-        done.append(f"{flow.name}/{kwargs['name']}")
+        done.append(f"{flow.name}/{deployment_name}")
     return done

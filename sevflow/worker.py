@@ -204,6 +204,19 @@ def _work_pool_worker_class() -> type:
 
     class SevflowWorker(ProcessWorker):
         _flow_names: dict[Any, str] = {}
+        stopping = False
+
+        async def get_and_submit_flow_runs(self) -> list[Any]:
+            if self.stopping:
+                return []  # draining: take no new run
+            return await super().get_and_submit_flow_runs()
+
+        async def drain(self, seconds: float) -> None:
+            """Take no new run; give the runs in flight up to `seconds` to end."""
+            self.stopping = True
+            deadline = anyio.current_time() + seconds
+            while self._limiter is not None and self._limiter.borrowed_tokens and anyio.current_time() < deadline:
+                await anyio.sleep(0.1)
 
         async def _known_flow(self, flow_run: Any) -> Any:
             if flow_run.flow_id not in self._flow_names:
@@ -248,9 +261,31 @@ async def _work(queues: list[str], name: str, limit: int | None, hosts: tuple[st
 
     async with get_client() as client:
         await ensure_pool(client, hosts)
+    import signal
+
     worker = _work_pool_worker_class()(work_pool_name=POOL, work_queues=queues, name=name, limit=limit,
                                        create_pool_if_not_found=False)
-    await worker.start(printer=log.info)
+    main = asyncio.current_task()
+    assert main is not None
+
+    async def stop_gently() -> None:
+        log.info("Stopping: no new runs; waiting up to %.0f s for runs in flight.", DRAIN_SECONDS)
+        await worker.drain(DRAIN_SECONDS)
+        main.cancel()
+
+    def on_signal() -> None:
+        if not worker.stopping:
+            asyncio.get_running_loop().create_task(stop_gently())
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        await worker.start(printer=log.info)
+    except asyncio.CancelledError:
+        if not worker.stopping:
+            raise
+        log.info("Worker %s stopped.", name)
 
 
 def work(host: str | None = None, limit: int | None = 20, query_seconds: float = 0.2) -> None:
