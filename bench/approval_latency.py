@@ -4,7 +4,7 @@
 
 On demand only (not a test). Everything runs on this machine, loopback only: a Prefect server
 on its own fresh PostgreSQL database (tests.support.stack.PrefectServer, dropped at the end)
-and three serving processes, measured in the same session, round-robin, one run at a time:
+and four serving processes, measured in the same session, round-robin, one run at a time:
 
   baseline (spawn)  bench.baseline's flow: suspend with typed input; after the resume one task
                     writes a timestamp (the "change"). Served by a plain prefect Runner,
@@ -14,6 +14,10 @@ and three serving processes, measured in the same session, round-robin, one run 
   sevflow           `sevflow serve` running application-rollback on a real temporary git repo
                     (tests.support.repos) and a local HealthApp, approved with
                     sevflow.gate.answer_gate.
+  sevflow worker    the same, on the `sevflow` work pool: `sevflow worker` (Prefect's process
+                    worker with sevflow's fast start, poll 0.2 s) pulling from queue sev-1, the
+                    deployments registered by sevflow.deployments.deploy (as `sevflow deploy`,
+                    under the deployment name `pool` so both kinds live on one server).
 
 Per run it records (wall clock, all processes on this machine):
 
@@ -59,7 +63,7 @@ import httpx  # noqa: E402
 
 from tests.support.repos import BUILD, git, make_service_repo, save_service_target  # noqa: E402
 from tests.support.services import HealthApp  # noqa: E402
-from tests.support.stack import PrefectServer, Worker  # noqa: E402
+from tests.support.stack import PoolWorker, PrefectServer, Worker  # noqa: E402
 
 POLL_SECONDS = 0.05  # how often the bench looks at a run's state
 WAIT_SECONDS = 120.0  # longest any one wait may take before the bench gives up
@@ -166,11 +170,11 @@ def is_completed(run: Any) -> bool:
     return run.state.type.value == "COMPLETED"
 
 
-def start_run(deployment: str, parameters: dict[str, Any]) -> tuple[uuid.UUID, float]:
+def start_run(deployment: str, parameters: dict[str, Any], queue: str | None = None) -> tuple[uuid.UUID, float]:
     from prefect.deployments import run_deployment
 
     started = time.time()
-    run = run_deployment(deployment, parameters=parameters, timeout=0)
+    run = run_deployment(deployment, parameters=parameters, timeout=0, work_queue_name=queue)
     return run.id, started
 
 
@@ -335,19 +339,20 @@ def save_policy(name: str) -> None:
         name, overwrite=True)
 
 
-def sevflow_run(root: Path, policy: str) -> Callable[[int], Sample]:
+def sevflow_run(root: Path, policy: str, deployment: str = "application-rollback/sevflow",
+                queue: str | None = None) -> Callable[[int], Sample]:
     from sevflow.gate import answer_gate
 
     def run_once(i: int) -> Sample:
-        service = BenchService(root / f"sevflow-{i}")
+        service = BenchService(root / f"{deployment.replace('/', '-')}-{i}")
         try:
             run_id, started = start_run(
-                "application-rollback/sevflow",
-                {"service": service.name, "severity": "SEV-1", "policy": policy, "reason": "bench"},
+                deployment, {"service": service.name, "severity": "SEV-1", "policy": policy, "reason": "bench"},
+                queue,
             )
             paused = wait_state(run_id, is_paused, "paused at the gate")
             with resume_clock() as sent:
-                verdict = answer_gate(str(run_id), "approve", APPROVER, "bench")
+                verdict = answer_gate(str(run_id), "approve", APPROVER, "bench", wait_seconds=WAIT_SECONDS)
             if "Approved" not in verdict:
                 raise RuntimeError(f"sevflow run {run_id}: unexpected verdict {verdict!r}")
             approved = sent[0]
@@ -373,7 +378,7 @@ def sevflow_run(root: Path, policy: str) -> Callable[[int], Sample]:
 
 def render(configs: list[Config], runs: int, warmup: int) -> str:
     from bench.baseline import QUERY_SECONDS
-    spawn, fast, sev = configs
+    spawn, fast, sev, pool = configs
 
     def values(config: Config, attr: str) -> list[float]:
         return [v for s in config.samples if (v := getattr(s, attr)) is not None]
@@ -391,7 +396,8 @@ def render(configs: list[Config], runs: int, warmup: int) -> str:
 
     width = max(len(name) for name, _ in METRICS)
     head = (f"{'seconds, median / p90':<{width}} | {spawn.title:^15} | {fast.title:^15} | {sev.title:^15} | "
-            f"{'sevflow÷spawn':^13} | {'sevflow÷fast':^13} | {'fast÷spawn':^13}")
+            f"{pool.title:^15} | {'sevflow÷spawn':^13} | {'sevflow÷fast':^13} | {'fast÷spawn':^13} | "
+            f"{'worker÷serve':^13}")
     lines = [
         f"approval latency: {runs} measured run(s) per configuration (+{warmup} warm-up each, not counted), "
         f"round-robin; every Runner polls each {QUERY_SECONDS:g} s",
@@ -402,12 +408,15 @@ def render(configs: list[Config], runs: int, warmup: int) -> str:
     for name, attr in METRICS:
         lines.append(
             f"{name:<{width}} | {cell(spawn, attr):^15} | {cell(fast, attr):^15} | {cell(sev, attr):^15} | "
-            f"{ratio(sev, spawn, attr):^13} | {ratio(sev, fast, attr):^13} | {ratio(fast, spawn, attr):^13}"
+            f"{cell(pool, attr):^15} | {ratio(sev, spawn, attr):^13} | {ratio(sev, fast, attr):^13} | "
+            f"{ratio(fast, spawn, attr):^13} | {ratio(pool, sev, attr):^13}"
         )
     lines += [
         "",
         "ratios: median ratio / p90 ratio. 'approval → change': baseline = its task's start, "
         "sevflow = the rollback commit on the branch.",
+        "'sevflow' is `sevflow serve` (a Runner); 'sevflow worker' the work-pool worker; worker÷serve "
+        "compares the two, measured in this same run.",
         "'approval' = the moment POST /flow_runs/{id}/resume is sent; warm-up runs (each serving "
         "process's first, which also starts the forkserver) are not counted.",
     ]
@@ -459,23 +468,32 @@ def measure(root: Path, runs: int, warmup: int) -> list[Config]:
         policy = f"bench-policy-{uuid.uuid4().hex[:8]}"
         save_policy(policy)
 
-        print("starting the serving processes (baseline spawn, baseline fast start, sevflow serve) ...", flush=True)
+        print("starting the serving processes (baseline spawn, baseline fast start, sevflow serve, sevflow worker) ...",
+              flush=True)
         spawn = BaselineRunner(env, home / "baseline-spawn.log", "spawn", fast_start=False)
         fast = BaselineRunner(env, home / "baseline-fast.log", "fast", fast_start=True)
         worker = Worker(env, home / "sevflow-worker.log")
-        for process in (spawn, fast, worker):
+        import asyncio
+
+        from sevflow.deployments import deploy
+
+        asyncio.run(deploy(escalation_interval=None, deployment_name="pool"))
+        pool_worker = PoolWorker(env, home / "pool-worker")
+        for process in (spawn, fast, worker, pool_worker):
             stack.callback(process.stop)
             process.start()
         spawn.wait_ready(server.api_url)
         fast.wait_ready(server.api_url)
         worker.wait_ready(server.api_url)
+        pool_worker.wait_ready(server.api_url)
 
         configs = [
             Config("baseline spawn", baseline_run(root, "spawn")),
             Config("baseline fast", baseline_run(root, "fast")),
             Config("sevflow", sevflow_run(root, policy)),
+            Config("sevflow worker", sevflow_run(root, policy, "application-rollback/pool", "sev-1")),
         ]
-        groups = [p.process.pid for p in (spawn, fast, worker) if p.process is not None]
+        groups = [p.process.pid for p in (spawn, fast, worker, pool_worker) if p.process is not None]
         # Round-robin, so a drift in the machine's load touches every configuration alike.
         for i in range(-warmup, runs):
             for config in configs:

@@ -41,3 +41,104 @@ def deployment_kwargs(escalation_interval: float | None) -> list[tuple[Flow[Any,
         schedule = dict(interval=timedelta(seconds=escalation_interval))
     out.append((watcher(), dict(name=DEPLOYMENT_NAME, tags=["sevflow-watcher"], **schedule)))
     return out
+
+
+# --- the work pool: `sevflow deploy` and `sevflow worker` --------------------------------
+#
+# Scale-out runs every procedure from one Prefect work pool (type `process`). Its queues are
+# the runbook's severities, in priority order: a worker asks the server for scheduled runs
+# and the server hands them out by queue priority first, then by scheduled time (Prefect's
+# `get-runs-from-worker-queues` query), so a SEV-1 run waiting behind ten SEV-3 runs starts
+# first. A run goes to its severity's queue by `work_queue_name` at run creation
+# (`run_queue`); a run created without one (the UI's Run button) lands on the deployment's
+# queue, `sev-2`, the procedures' default severity. Procedures that must run on the affected
+# host go to that host's queue (`host-<name>`), polled only by `sevflow worker --host <name>`.
+
+POOL = "sevflow"
+SEVERITY_QUEUES = ("sev-1", "sev-2", "sev-3", "sev-4")
+DEFAULT_QUEUE = "sev-2"
+WATCHER_QUEUE = "sev-1"  # the watcher is tiny and decides whether people get paged: never behind SEV-3 work
+
+
+def host_queue(host: str) -> str:
+    """The queue of runs that must run on `host` (polled by `sevflow worker --host <host>`)."""
+    if not host or any(c in host for c in "/% "):
+        raise ValueError(f"host name {host!r}: no spaces, '/' or '%'")
+    return f"host-{host}"
+
+
+def severity_queue(severity: Any) -> str:
+    """`SEV-1` (or a Severity) → `sev-1`."""
+    value = getattr(severity, "value", severity)
+    queue = str(value).strip().lower()
+    if queue not in SEVERITY_QUEUES:
+        raise ValueError(f"unknown severity {value!r}: one of SEV-1 … SEV-4")
+    return queue
+
+
+def run_queue(deployment_work_pool: str | None, severity: Any, host: str | None = None) -> str | None:
+    """The `work_queue_name` to create a run with: its host's or its severity's queue when the
+    deployment is in a work pool; None for a served deployment (which has no queues)."""
+    if not deployment_work_pool:
+        return None
+    return host_queue(host) if host else severity_queue(severity or "SEV-2")
+
+
+def entrypoint(flow: Flow[Any, Any]) -> str:
+    """Module-style entrypoint (`sevflow.flows.x:fn`): works wherever sevflow is pip-installed,
+    with no source checkout or pull step on the worker."""
+    return f"{flow.fn.__module__}:{flow.fn.__name__}"
+
+
+async def ensure_pool(client: Any, hosts: tuple[str, ...] = ()) -> None:
+    """Create the `sevflow` process work pool if missing, and its queues with their priorities:
+    sev-1 … sev-4 first (1 … 4), then one queue per host. Idempotent."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    try:
+        await client.read_work_pool(POOL)
+    except ObjectNotFound:
+        try:
+            await client.create_work_pool(WorkPoolCreate(
+                name=POOL, type=ProcessWorker.type,
+                description="sevflow procedures; queues sev-1 … sev-4 in priority order, host-<name> per host",
+                base_job_template=ProcessWorker.get_default_base_job_template(),
+            ))
+        except ObjectAlreadyExists:
+            pass  # another `sevflow deploy` or worker made it meanwhile
+    wanted = [*SEVERITY_QUEUES, *(host_queue(h) for h in hosts)]
+    for priority, name in enumerate(wanted, start=1):
+        existing = {q.name: q for q in await client.read_work_queues(work_pool_name=POOL)}
+        queue = existing.get(name)
+        if queue is None:
+            try:
+                await client.create_work_queue(name=name, work_pool_name=POOL, priority=priority,
+                                               description=f"sevflow runs for {name}")
+            except ObjectAlreadyExists:
+                pass
+        elif name in SEVERITY_QUEUES and queue.priority != priority:
+            await client.update_work_queue(queue.id, priority=priority)
+
+
+async def deploy(hosts: tuple[str, ...] = (), escalation_interval: float | None = 30.0,
+                 deployment_name: str = DEPLOYMENT_NAME) -> list[str]:
+    """Register every procedure (and the escalation watcher) as deployment `<flow>/sevflow` in
+    the work pool, on the server PREFECT_API_URL names. Returns `flow/deployment` names.
+    (`deployment_name`: another name, for the benchmark that runs both kinds on one server.)"""
+    from prefect.client.orchestration import get_client
+    from prefect.types.entrypoint import EntrypointType
+
+    async with get_client() as client:
+        await ensure_pool(client, hosts)
+    done: list[str] = []
+    for flow, kwargs in deployment_kwargs(escalation_interval):
+        queue = WATCHER_QUEUE if flow is watcher() or flow.name == watcher().name else DEFAULT_QUEUE
+        deployment = await flow.ato_deployment(
+            work_queue_name=queue, entrypoint_type=EntrypointType.MODULE_PATH, **(kwargs | {"name": deployment_name}),
+        )
+        deployment.entrypoint = entrypoint(flow)
+        await deployment.aapply(work_pool_name=POOL)
+        done.append(f"{flow.name}/{deployment_name}")
+    return done

@@ -29,6 +29,8 @@ def up(
     limit: int = typer.Option(20, help="Most flow runs executing at once (waiting gates hold none)."),
     escalation_interval: float = typer.Option(30.0, help="Seconds between escalation watcher passes."),
     intake_port: int = typer.Option(8787, help="Port of the alert intake (127.0.0.1); 0 starts no intake."),
+    database: str = typer.Option("", help="Run the server on PostgreSQL: postgresql://user[:pw]@host[:port]/db "
+                                          "(default: SQLite in the state folder)."),
 ) -> None:
     """Start the embedded stack: a Prefect server (SQLite, loopback), a worker serving every procedure
     and the alert intake."""
@@ -37,7 +39,7 @@ def up(
 
     try:
         raise typer.Exit(run_up(port=port, limit=limit, escalation_interval=escalation_interval,
-                                intake_port=intake_port, echo=out.print))
+                                intake_port=intake_port, echo=out.print, database=database or None))
     except SevflowError as exc:
         _fail(str(exc))
 
@@ -183,8 +185,9 @@ def run(
     as_: str = typer.Option("", "--as", help="Your name: recorded as who requested the change (the policy "
                             "may then refuse your own approval)."),
     key: str = typer.Option("", "--key", envvar="SEVFLOW_SIGNING_KEY", help="Sign the request with this SSH key."),
+    host: str = typer.Option("", help="Run it on this host's queue (work pool deployments: host-NAME)."),
 ) -> None:
-    """Start a procedure's run on the served deployment and print its link."""
+    """Start a procedure's run on its deployment (in its severity's queue) and print its link."""
     from prefect.deployments import run_deployment
 
     from sevflow.deployments import DEPLOYMENT_NAME
@@ -194,14 +197,43 @@ def run(
     if key and not Path(key).expanduser().exists():
         _fail(f"No signing key at {key}: nothing was started.")
     try:
-        flow_run = run_deployment(f"{procedure}/{DEPLOYMENT_NAME}", parameters=params, timeout=0)
+        flow_run = run_deployment(f"{procedure}/{DEPLOYMENT_NAME}", parameters=params, timeout=0,
+                                  work_queue_name=_queue_for_run(procedure, params, host))
     except Exception as exc:  # the server's words are the useful part
         _fail(f"could not start {procedure}: {exc}")
     if as_:
         _record_requester(str(flow_run.id), as_, key)
-    out.print(f"Started {procedure}: flow run {flow_run.id} ({flow_run.name})")
-    out.print(f"  {run_url(flow_run.id) or ''}")
-    out.print(f"  It will pause at the approval gate; answer with: sevflow approve {flow_run.id} --as NAME --reason TEXT")
+    _print_started(procedure, flow_run, run_url(flow_run.id))
+
+
+def _queue_for_run(procedure: str, params: dict[str, Any], host: str) -> str | None:
+    """Work pool deployments: the run goes to its severity's queue (or its host's)."""
+    from prefect.client.orchestration import get_client
+
+    from sevflow.deployments import DEPLOYMENT_NAME, run_queue
+
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(f"{procedure}/{DEPLOYMENT_NAME}")
+        except Exception as exc:  # the server's words are the useful part
+            _fail(f"could not start {procedure}: {exc}. Is `sevflow up`, `sevflow serve` or `sevflow deploy` "
+                  "done against this server?")
+    if host and not deployment.work_pool_name:
+        _fail("--host needs the work pool deployments (`sevflow deploy`); this server serves them directly")
+    try:
+        return run_queue(deployment.work_pool_name, params.get("severity"), host or None)
+    except ValueError as exc:
+        _fail(str(exc))
+    return None
+
+
+def _print_started(procedure: str, flow_run: Any, url: str | None) -> None:
+    # soft_wrap: a command a person copies must not be broken by the terminal's width.
+    out.print(f"Started {procedure}: flow run {flow_run.id} ({flow_run.name})", soft_wrap=True)
+    if url:
+        out.print(f"  {url}", soft_wrap=True)
+    out.print("  It will pause at the approval gate; answer with:", soft_wrap=True)
+    out.print(f"  sevflow approve {flow_run.id} --as NAME --reason TEXT", soft_wrap=True, highlight=False)
 
 
 def _record_requester(flow_run_id: str, name: str, key: str) -> None:
@@ -228,25 +260,32 @@ def pending() -> None:
     if not gates:
         out.print("No run is waiting for approval.")
         return
-    table = Table("flow run", "incident", "sev", "proposed change (plan digest)", "waiting since (UTC)",
+    table = Table("run", "incident", "sev", "proposed change (plan digest)", "waiting since (UTC)",
                   "who may answer", "approved by")
+    table.columns[0].no_wrap = True  # a run's short id is copied whole, whatever the terminal's width
     for run, request in gates:
         answers = read_records(run.id, f"{RECORD_PREFIX}{request.gate}-")
         approved = sorted({v.get("actor", "") for v in answers.values()
                            if isinstance(v, dict) and v.get("details", {}).get("verdict") == "counted"})
         table.add_row(
-            str(run.id), request.incident.incident_id, request.incident.severity.value,
+            short_id(run.id), request.incident.incident_id, request.incident.severity.value,
             f"{request.plan.title} (plan {request.digest[:12]})",
             request.opened_at.strftime("%Y-%m-%d %H:%M:%S"),
             f"{', '.join(request.approvers)} ({request.required_approvals} needed)", ", ".join(approved) or "-",
         )
     out.print(table)
+    out.print(f"run: the flow run id's last {SHORT_ID} characters; every command takes it, or the full id. "
+              "Answer: sevflow approve RUN --as NAME --reason TEXT", soft_wrap=True)
 
 
 def _answer(decision: str, flow_run_id: str, name: str, reason: str, wait: float, key: str) -> None:
     from sevflow.errors import ApprovalError
     from sevflow.gate import AnswerRefused, answer_gate
 
+    flow_run_id = resolve_run_id(flow_run_id)
+    idle = _no_worker_hint(flow_run_id)
+    if idle:
+        wait = 0.0  # nobody can judge the answer now: do not wait for a verdict
     try:
         verdict = answer_gate(flow_run_id, decision, name, reason, wait_seconds=wait,  # type: ignore[arg-type]
                               key=key or None)
@@ -254,6 +293,10 @@ def _answer(decision: str, flow_run_id: str, name: str, reason: str, wait: float
         _fail(str(exc), code=1)
     except ApprovalError as exc:
         _fail(str(exc), code=2)
+    if idle:
+        out.print(f"Answer recorded for run {flow_run_id}.", soft_wrap=True)
+        err.print(idle, soft_wrap=True, highlight=False)
+        return
     out.print(verdict)
 
 
@@ -361,6 +404,236 @@ def escalate() -> None:
 
     done = approval_escalation()
     out.print(done or "nothing due")
+
+
+# --- scale-out: work pool, workers, shared result storage ---------------------------------
+
+
+@app.command()
+def deploy(
+    host: list[str] = typer.Option([], "--host", help="Also make this host's queue (host-NAME); repeatable."),
+    escalation_interval: float = typer.Option(30.0, help="Escalation watcher schedule, seconds; 0: none."),
+) -> None:
+    """Register every procedure on PREFECT_API_URL's server in the `sevflow` work pool
+    (queues sev-1 … sev-4 in priority order, one per --host)."""
+    import asyncio
+
+    from sevflow.deployments import POOL, SEVERITY_QUEUES, deploy as run_deploy, host_queue
+
+    done = asyncio.run(run_deploy(tuple(host), escalation_interval or None))
+    queues = [*SEVERITY_QUEUES, *(host_queue(h) for h in host)]
+    out.print(f"Work pool {POOL!r}, queues {', '.join(queues)} (priority in that order).")
+    for name in done:
+        out.print(f"  deployed {name}")
+    out.print("Start workers with: sevflow worker   (on a host that must run its own procedures: "
+              "sevflow worker --host NAME)")
+
+
+@app.command()
+def worker(
+    host: str = typer.Option("", help="Run only this host's queue (host-NAME), for procedures that must "
+                                      "run on the affected host."),
+    limit: int = typer.Option(20, help="Most flow runs executing at once (waiting gates hold none)."),
+    poll: float = typer.Option(0.2, help="Seconds between polls of the work pool."),
+) -> None:
+    """Pull runs from the `sevflow` work pool (a Prefect process worker with sevflow's fast start)."""
+    from sevflow.worker import work
+
+    work(host=host or None, limit=limit, query_seconds=poll)
+
+
+@app.command()
+def storage(
+    bucket: str = typer.Option(..., help="S3 bucket every worker can reach."),
+    folder: str = typer.Option("sevflow-results", help="Key prefix inside the bucket."),
+    endpoint_url: str = typer.Option("", help="S3-compatible endpoint (MinIO, moto); empty: AWS."),
+    region: str = typer.Option("", help="AWS region name."),
+) -> None:
+    """Save the `s3-bucket/sevflow-results` block: every worker then persists task results there,
+    so a gate opened on one host can be resumed on another. Credentials come from the usual AWS
+    chain (environment, profile, instance role) unless you edit the block's credentials in the UI."""
+    from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
+
+    from sevflow.worker import RESULTS_BLOCK
+
+    params = AwsClientParameters(endpoint_url=endpoint_url) if endpoint_url else AwsClientParameters()
+    credentials = AwsCredentials(region_name=region or None, aws_client_parameters=params)
+    S3Bucket(bucket_name=bucket, bucket_folder=folder, credentials=credentials).save(
+        RESULTS_BLOCK.split("/", 1)[1], overwrite=True)
+    out.print(f"Saved {RESULTS_BLOCK}: s3://{bucket}/{folder}. Restart workers to use it.")
+
+
+# --- short run ids, worker liveness, status ---------------------------------------------
+
+SHORT_ID = 8
+WORKER_SILENCE_SECONDS = 15.0  # sevflow's workers poll every 0.2 s; a plain Prefect worker every 10 s
+
+
+def short_id(run_id: object) -> str:
+    """The last characters of a run id. Not the first: Prefect's ids are UUIDv7, whose first
+    characters are a timestamp shared by every run created in the same minute."""
+    return str(run_id)[-SHORT_ID:]
+
+
+def resolve_run_id(text: str) -> str:
+    """A full flow run id, from itself or from a short id (its last characters) of a run
+    waiting at a gate or answered and not yet resumed."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, FlowRunFilterTags
+    from prefect.client.schemas.objects import StateType
+
+    text = text.strip().lower()
+    if len(text) == 36 or not text:
+        return text
+    if len(text) < 6 or any(c not in "0123456789abcdef-" for c in text):
+        _fail(f"{text!r} is neither a flow run id nor a short id (the last {SHORT_ID} characters of one)")
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED, StateType.SCHEDULED])),
+            tags=FlowRunFilterTags(all_=["sevflow"])), limit=200)
+    found = sorted({str(r.id) for r in runs if str(r.id).endswith(text)})
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        _fail(f"no run waiting at a gate has an id ending in {text!r}: see `sevflow pending`", code=1)
+    _fail(f"{text!r} names several runs ({', '.join(found)}): give more characters")
+    return ""
+
+
+def _seconds_since(when: Any) -> float | None:
+    from datetime import datetime, timezone
+
+    return None if when is None else (datetime.now(timezone.utc) - when).total_seconds()
+
+
+def _no_worker_hint(flow_run_id: str) -> str | None:
+    """None when a worker has asked for this run's work lately; else what to start, and where."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(UUID(flow_run_id))
+        except Exception:
+            return None  # answer_gate says what is wrong with the id
+        if run.deployment_id is None:
+            return None
+        deployment = client.read_deployment(run.deployment_id)
+        if deployment.work_pool_name and run.work_queue_id:
+            polled = _seconds_since(client.read_work_queue(run.work_queue_id).last_polled)
+            start = (f"sevflow worker --host {run.work_queue_name.removeprefix('host-')}"
+                     if (run.work_queue_name or "").startswith("host-") else "sevflow worker")
+            where = f"queue {run.work_queue_name} of work pool {deployment.work_pool_name}"
+        else:
+            polled = _seconds_since(deployment.last_polled)
+            start, where = "sevflow serve (or sevflow up)", f"deployment {deployment.name}"
+    if polled is not None and polled < WORKER_SILENCE_SECONDS:
+        return None
+    ago = "never" if polled is None else f"not for {polled:.0f} s"
+    return (f"No worker is running for this run: {where} was polled {ago}. The answer is kept and acted on "
+            f"when one starts: {start}")
+
+
+@app.command()
+def status(
+    intake_url: str = typer.Option("", help="The intake's address (default: $SEVFLOW_INTAKE_URL or "
+                                            "http://127.0.0.1:8787)."),
+) -> None:
+    """The server, the workers, the intake, the escalation watcher's last pass, and runs answered
+    but not yet resumed (no worker has taken them)."""
+    import os
+
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    from sevflow.deployments import POOL, procedures, watcher
+
+    def ago(seconds: float | None) -> str:
+        return "never" if seconds is None else f"{seconds:.0f} s ago"
+
+    api = PREFECT_API_URL.value() or "(PREFECT_API_URL is not set)"
+    with get_client(sync_client=True) as client:
+        try:
+            healthy = client.api_healthcheck() is None
+            version = client.api_version()
+        except Exception as exc:  # the one place a person looks when things are down
+            out.print(f"Prefect server  {api}: not answering ({type(exc).__name__}). Start it: sevflow up", soft_wrap=True)
+            raise typer.Exit(1) from None
+        out.print(f"Prefect server  {api}: {'healthy' if healthy else 'unhealthy'}, version {version}", soft_wrap=True)
+
+        out.print("Workers")
+        try:
+            client.read_work_pool(POOL)
+        except ObjectNotFound:
+            pass
+        else:
+            workers = client.read_workers_for_work_pool(POOL)
+            online = [w for w in workers if str(getattr(w.status, "value", w.status)).upper() == "ONLINE"]
+            out.print(f"  work pool {POOL}: {len(online)} online of {len(workers)}")
+            for w in workers:
+                state = str(getattr(w.status, "value", w.status)).lower()
+                out.print(f"    {w.name}: {state}, last heartbeat {ago(_seconds_since(w.last_heartbeat_time))}",
+                          soft_wrap=True)
+            for q in sorted(client.read_work_queues(work_pool_name=POOL), key=lambda q: q.priority):
+                out.print(f"    queue {q.name} (priority {q.priority}): polled {ago(_seconds_since(q.last_polled))}")
+        names = [f.name for f in (*procedures().values(), watcher())]
+        flows = {f.id: f.name for f in client.read_flows(flow_filter=FlowFilter(name=FlowFilterName(any_=names)))}
+        served = [d for d in client.read_deployments() if d.flow_id in flows and not d.work_pool_name]
+        for d in served:
+            out.print(f"  served {flows[d.flow_id]}/{d.name}: polled {ago(_seconds_since(d.last_polled))}",
+                      soft_wrap=True)
+        if not served and not flows:
+            out.print("  none: nothing is deployed (sevflow up, sevflow serve or sevflow deploy)")
+
+        url = intake_url or os.environ.get("SEVFLOW_INTAKE_URL", "http://127.0.0.1:8787")
+        try:
+            health = httpx.get(f"{url.rstrip('/')}/healthz", timeout=3).json()
+            summary = ", ".join(f"{k} {v}" for k, v in health.items() if isinstance(v, (int, float, str, bool)))
+            out.print(f"Intake          {url}: answering ({summary})", soft_wrap=True)
+        except (httpx.HTTPError, ValueError):
+            out.print(f"Intake          {url}: not answering", soft_wrap=True)
+
+        watcher_runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[watcher().name])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.COMPLETED, StateType.FAILED, StateType.CRASHED]))),
+            sort=FlowRunSort.END_TIME_DESC, limit=1)
+        if watcher_runs:
+            last = watcher_runs[0]
+            out.print(f"Watcher         last pass {ago(_seconds_since(last.end_time))}: "
+                      f"{last.state.name if last.state else '?'} ({short_id(last.id)})")
+        else:
+            out.print("Watcher         no pass yet")
+
+        waiting = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]),
+                                     name=FlowRunFilterStateName(any_=["Resuming"])),
+            tags=FlowRunFilterTags(all_=["sevflow"])), limit=200)
+        deployments = {d.id: d for d in client.read_deployments(deployment_filter=DeploymentFilter(
+            id=DeploymentFilterId(any_=[r.deployment_id for r in waiting if r.deployment_id])))} if waiting else {}
+    out.print(f"Answered, not yet resumed: {len(waiting) or 'none'}")
+    for run in waiting:
+        flow = flows.get(run.flow_id, "?")
+        queue = f" on queue {run.work_queue_name}" if run.work_queue_name and run.deployment_id in deployments \
+            and deployments[run.deployment_id].work_pool_name else ""
+        since = _seconds_since(run.state.timestamp if run.state else None)
+        out.print(f"  {short_id(run.id)}  {flow}{queue}, answered {ago(since)}", soft_wrap=True)
 
 
 def main() -> None:

@@ -5,7 +5,12 @@
 - a worker serving every procedure (`sevflow serve`);
 - the alert intake (`sevflow intake`) on 127.0.0.1:8787, rules in `$SEVFLOW_HOME/intake-rules.yaml`.
 
-Ctrl-C stops everything it started; running it again reuses the state folder.
+`--database postgresql://...` puts the server on PostgreSQL instead of SQLite.
+
+A service you can leave running: a child that exits is restarted with backoff (1, 2, 4 … 30 s),
+logged, while the others keep running. Ctrl-C, SIGTERM or SIGHUP (a closed terminal) stop
+everything it started; so does SIGKILL, through a watchdog process (sevflow._guard) and
+PR_SET_PDEATHSIG, so no orphan keeps the port. Running it again reuses the state folder.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import httpx
 
@@ -26,7 +32,17 @@ def state_home() -> Path:
     return Path(os.environ.get("SEVFLOW_HOME", Path.home() / ".sevflow")).expanduser()
 
 
-def server_environment(home: Path, port: int) -> dict[str, str]:
+def database_url(url: str) -> str:
+    """`postgresql://user@host/db` (as psql takes it) → the SQLAlchemy URL Prefect's server takes."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix):]
+    if url.startswith("sqlite"):
+        return url
+    raise ConfigurationError(f"--database {url!r}: give a postgresql://user[:password]@host[:port]/database URL.")
+
+
+def server_environment(home: Path, port: int, database: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     for key in list(env):
         # A database URL or profile meant for another server must not leak into this one.
@@ -40,6 +56,8 @@ def server_environment(home: Path, port: int) -> dict[str, str]:
         # The UI asks the server where the API is; without this it says :4200 whatever the port.
         PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
     )
+    if database:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url(database)
     return env
 
 
@@ -68,7 +86,7 @@ def _check_port_free(port: int, what: str) -> None:
             raise ConfigurationError(f"Port {port} for {what} is already in use; pass another port.") from None
 
 
-def start_server(home: Path, port: int, log_file: Path) -> subprocess.Popen[bytes]:
+def start_server(home: Path, port: int, log_file: Path, database: str | None = None) -> subprocess.Popen[bytes]:
     home.mkdir(parents=True, exist_ok=True)
     try:
         httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1)
@@ -82,8 +100,8 @@ def start_server(home: Path, port: int, log_file: Path) -> subprocess.Popen[byte
     out = log_file.open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=server_environment(home, port), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True,
+        env=server_environment(home, port, database), stdout=out, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
     )
 
 
@@ -103,62 +121,163 @@ def stop(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
 
 
 def stop_all(processes: list[subprocess.Popen[bytes]], grace: float = 15.0) -> None:
-    """Stop children together: SIGTERM to all, one shared grace period, then SIGKILL."""
-    running = [p for p in processes if p.poll() is None]
-    for process in running:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    for process in running:
-        try:
-            process.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    """Stop children together: SIGTERM to each leader (a runner then lets its flow runs finish or
+    cancels them, rather than each run being signalled behind its back and left Crashed), one
+    shared grace period, then SIGKILL to whatever is left of their process groups."""
+    from sevflow._guard import stop_groups
+
+    stop_groups([p.pid for p in processes if p.poll() is None], grace,
+                reap=lambda pid: next(p for p in processes if p.pid == pid).poll() is not None)
+    for process in processes:
+        process.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when `sevflow up` dies (Linux's PR_SET_PDEATHSIG).
+    The watchdog (sevflow._guard) covers the rest of each child's process group."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass  # not Linux: the watchdog alone stops the children
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+class _Watchdog:
+    """sevflow._guard, told about each child: stops them if `sevflow up` dies."""
+
+    def __init__(self, grace: float) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sevflow._guard", str(grace)], stdin=subprocess.PIPE,
+            start_new_session=True,  # neither a closed terminal nor a kill of our group reaches it
+        )
+
+    def _say(self, line: str) -> None:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(line.encode() + b"\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died: the children still die with us (PR_SET_PDEATHSIG)
+
+    def watch(self, pid: int) -> None:
+        self._say(f"+ {pid}")
+
+    def forget(self, pid: int) -> None:
+        self._say(f"- {pid}")
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait()
+
+
+class _Child:
+    """One supervised process of `sevflow up`: restarted with backoff when it exits."""
+
+    def __init__(self, name: str, start: Callable[[], subprocess.Popen[bytes]], log: str) -> None:
+        self.name, self._start, self.log = name, start, log
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.failures = 0
+        self.restart_at: float | None = None
+
+    def start(self, watchdog: _Watchdog) -> None:
+        self.process = self._start()
+        self.started_at = time.monotonic()
+        self.restart_at = None
+        watchdog.watch(self.process.pid)
+
+
+RESTART_BACKOFF_MAX = 30.0
+STABLE_SECONDS = 60.0  # a child that ran this long before exiting starts again from the shortest backoff
+
+
+def _supervise(children: list[_Child], watchdog: _Watchdog, echo: Callable[..., Any],
+               after_start: Callable[[_Child], None]) -> None:
+    """Forever: restart each child that exited, with exponential backoff, leaving the others be."""
+    while True:
+        now = time.monotonic()
+        for child in children:
+            if child.process is None:
+                if child.restart_at is not None and now >= child.restart_at:
+                    echo(f"{_now()} restarting {child.name} (restart {child.failures})")
+                    child.start(watchdog)
+                    after_start(child)
+                continue
+            code = child.process.poll()
+            if code is None:
+                continue
+            watchdog.forget(child.process.pid)
+            if now - child.started_at >= STABLE_SECONDS:
+                child.failures = 0
+            delay = min(RESTART_BACKOFF_MAX, 2.0 ** child.failures)
+            child.failures += 1
+            child.process = None
+            child.restart_at = now + delay
+            echo(f"{_now()} {child.name} exited (code {code}); restarting it in {delay:.0f} s, the others keep "
+                 f"running (log: {child.log})")
+        time.sleep(0.2)
+
+
+def _now() -> str:
+    return time.strftime("%H:%M:%S")
+
+
 def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, intake_port: int = 8787,
-       echo=print) -> int:
+       echo: Callable[..., Any] = print, database: str | None = None) -> int:
     home = state_home()
     home.mkdir(parents=True, exist_ok=True)
-    # `kill` or a service manager stops it like Ctrl-C does: children first. SIGINT gets the
-    # handler explicitly: a process started in the background by a non-interactive shell
-    # inherits SIGINT *ignored*, and Python then never raises KeyboardInterrupt (found in CI).
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-    children: list[subprocess.Popen[bytes]] = []
+    # `kill`, a service manager or a closed terminal (SIGHUP) stops it like Ctrl-C does: children
+    # first. SIGINT gets the handler explicitly: a process started in the background by a
+    # non-interactive shell inherits SIGINT *ignored*, and Python then never raises
+    # KeyboardInterrupt (found in CI). SIGKILL cannot be caught: the watchdog covers it.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+    children: list[_Child] = []
+    watchdog = _Watchdog(grace=15.0)
     api_url = os.environ.get("PREFECT_API_URL")
     try:
         if api_url:
+            if database:
+                raise ConfigurationError("--database starts sevflow's own server; PREFECT_API_URL names another one.")
             echo(f"Using the Prefect server at {api_url} (PREFECT_API_URL).")
             wait_healthy(api_url, None, timeout=15)
             worker_env = dict(os.environ)
         else:
             api_url = f"http://127.0.0.1:{port}/api"
-            echo(f"Starting a Prefect server on SQLite in {home / 'prefect'} (log: {home / 'server.log'}) ...")
-            children.append(start_server(home, port, home / "server.log"))
-            wait_healthy(api_url, children[0])
-            worker_env = server_environment(home, port)
+            where = f"PostgreSQL ({database.split('@')[-1]})" if database else f"SQLite in {home / 'prefect'}"
+            if database:
+                database_url(database)  # a wrong URL stops here, before anything starts
+            echo(f"Starting a Prefect server on {where} (log: {home / 'server.log'}) ...")
+            server = _Child("the Prefect server", lambda: start_server(home, port, home / "server.log", database),
+                            str(home / "server.log"))
+            children.append(server)
+            server.start(watchdog)
+            assert server.process is not None
+            wait_healthy(api_url, server.process)
+            worker_env = server_environment(home, port, database)
             worker_env["PREFECT_API_URL"] = api_url
         ui = api_url[: -len("/api")] if api_url.endswith("/api") else api_url
         worker_env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        children.append(subprocess.Popen(
-            [sys.executable, "-m", "sevflow", "serve", "--limit", str(limit),
-             "--escalation-interval", str(escalation_interval)],
-            env=worker_env, stdin=subprocess.DEVNULL, start_new_session=True,
-        ))
+
+        def spawn(*args: str, env: dict[str, str] = worker_env) -> subprocess.Popen[bytes]:
+            return subprocess.Popen([sys.executable, "-m", "sevflow", *args], env=env, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, preexec_fn=_die_with_parent)
+
+        children.append(_Child("the worker (sevflow serve)", lambda: spawn(
+            "serve", "--limit", str(limit), "--escalation-interval", str(escalation_interval)), "this output"))
+        children[-1].start(watchdog)
         if intake_port:
             _check_port_free(intake_port, "the alert intake (--intake-port)")
-            children.append(subprocess.Popen(
-                [sys.executable, "-m", "sevflow", "intake", "--port", str(intake_port)],
-                env=worker_env | {"SEVFLOW_HOME": str(home)}, stdin=subprocess.DEVNULL, start_new_session=True,
-            ))
+            intake_env = worker_env | {"SEVFLOW_HOME": str(home)}
+            children.append(_Child("the alert intake", lambda: spawn(
+                "intake", "--port", str(intake_port), env=intake_env), "this output"))
+            children[-1].start(watchdog)
         echo("")
         echo(f"sevflow is up. Prefect UI: {ui}")
         echo(f"  Deployments: {ui}/deployments  (Run → application-rollback, configuration-rollback)")
@@ -169,17 +288,34 @@ def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, int
             echo(f"  Alert intake:       http://127.0.0.1:{intake_port}/alerts/<source>  (API docs: "
                  f"http://127.0.0.1:{intake_port}/docs; rules: {home / 'intake-rules.yaml'}; one "
                  "'sevflow Alert Source' block per sender)")
+        for child in children:
+            if child.process is not None:
+                echo(f"  {child.name}: pid {child.process.pid}")
         echo("Ctrl-C stops everything.")
-        while True:
-            for child in children:
-                if child.poll() is not None:
-                    echo(f"A sevflow process exited (code {child.returncode}); stopping.")
-                    return 1
-            time.sleep(0.5)
+
+        def after_start(child: _Child) -> None:
+            assert child.process is not None
+            echo(f"{_now()} {child.name} started again, pid {child.process.pid}")
+            if child is children[0] and not os.environ.get("PREFECT_API_URL"):
+                try:
+                    wait_healthy(api_url, child.process)
+                except ConfigurationError as exc:
+                    echo(f"{_now()} {exc}")
+
+        _supervise(children, watchdog, echo, after_start)
+        return 1  # not reached: only a signal ends supervision
     except KeyboardInterrupt:
         echo("\nStopping ...")
         return 0
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave children behind
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stop_all(children)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not leave children behind
+        # The worker and the intake first, while the server still answers: runs in flight can
+        # then end, and say so, instead of being left Pending or Running on a server gone.
+        server = [c.process for c in children[:1] if c.process is not None and not os.environ.get("PREFECT_API_URL")]
+        others = [c.process for c in children if c.process is not None and c.process not in server]
+        for group in (others, server):
+            stop_all(group)
+            for process in group:
+                watchdog.forget(process.pid)
+        watchdog.close()

@@ -55,6 +55,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
 
 
 @pytest.fixture(scope="session")
+def moto_s3() -> Iterator[str]:
+    """moto's AWS server on loopback: the S3 every worker of the tests reaches."""
+    from moto.server import ThreadedMotoServer
+
+    from tests.support.stack import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def worker(stack: PrefectServer) -> Iterator[Worker]:
     # A small limit on purpose: a gate that held its worker slot would stall the suite.
     w = Worker(stack.env(), stack.home / "worker.log", limit=3)

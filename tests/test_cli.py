@@ -24,7 +24,7 @@ def test_run_pending_approve_through_the_cli(service: Service, worker, stack) ->
     wait_paused(run_id)
 
     pending = sevflow(stack, "pending")
-    assert pending.returncode == 0 and run_id[:8] in pending.stdout.replace("\n", "")
+    assert pending.returncode == 0 and run_id[-8:] in pending.stdout  # its short id
     assert "alice" in pending.stdout and "Roll back" in pending.stdout
 
     from sevflow.tasks.orchestrator import read_record
@@ -59,3 +59,40 @@ def test_cli_refuses_bad_input_with_clear_messages(stack) -> None:
     assert malformed.returncode == 2 and "key=value" in malformed.stderr
     nobody = sevflow(stack, "approve", "00000000-0000-0000-0000-000000000000", "--as", "a", "--reason", "b")
     assert nobody.returncode == 1 and "No flow run" in nobody.stderr
+
+
+def test_the_cli_fits_an_80_column_terminal_and_takes_short_ids(service: Service, worker, stack) -> None:
+    started = sevflow(stack, "run", "application-rollback", "--param", f"service={service.name}",
+                      "--param", f"policy={service.policy}")
+    assert started.returncode == 0, started.stderr
+    run_id = re.search(r"flow run ([0-9a-f-]{36})", started.stdout).group(1)
+    # The command to copy is on one line, unbroken (output that is not a terminal is 80 wide).
+    assert f"sevflow approve {run_id} --as NAME --reason TEXT" in started.stdout.splitlines()[-1]
+    wait_paused(run_id)
+
+    pending = sevflow(stack, "pending")
+    assert pending.returncode == 0, pending.stderr
+    assert all(len(line) <= 80 for line in pending.stdout.splitlines() if "│" in line or "┃" in line)
+    short = run_id[-8:]
+    assert any(re.search(rf"[│┃] {short} +[│┃]", line) for line in pending.stdout.splitlines()), pending.stdout
+
+    ambiguous = sevflow(stack, "approve", "zzzz", "--as", "alice", "--reason", "x")
+    assert ambiguous.returncode == 2 and "short id" in ambiguous.stderr
+    approved = sevflow(stack, "approve", short, "--as", "alice", "--reason", "v2 is good")
+    assert approved.returncode == 0, approved.stderr
+    assert "Approved" in approved.stdout or "approved" in approved.stdout.lower()
+    assert wait_final(run_id).state.type.value == "COMPLETED"
+
+
+def test_status_lists_server_workers_intake_and_watcher(worker, stack) -> None:
+    from sevflow.flows.approval_escalation import approval_escalation
+
+    approval_escalation()  # a pass of the watcher, as its schedule would run it
+    shown = sevflow(stack, "status", "--intake-url", "http://127.0.0.1:9")
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    assert f"Prefect server  {stack.api_url}: healthy" in text
+    assert re.search(r"served application-rollback/sevflow: polled \d+ s ago", text), text
+    assert "Intake          http://127.0.0.1:9: not answering" in text
+    assert re.search(r"Watcher +last pass \d+ s ago: Completed", text), text
+    assert "Answered, not yet resumed:" in text

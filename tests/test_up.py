@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.stack import free_port
 from tests.support.wait import until
@@ -31,13 +34,14 @@ def _processes_using(marker: str) -> list[int]:
 
 
 class Up:
-    def __init__(self, home: Path, port: int, intake_port: int = 0) -> None:
+    def __init__(self, home: Path, port: int, intake_port: int = 0, escalation_interval: float = 0,
+                 args: tuple[str, ...] = ()) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env |= {"SEVFLOW_HOME": str(home), "SEVFLOW_APPROVERS": "alice", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         self.marker = f"SEVFLOW_HOME={home}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sevflow", "up", "--port", str(port), "--escalation-interval", "0",
-             "--intake-port", str(intake_port)],
+            [sys.executable, "-m", "sevflow", "up", "--port", str(port), "--escalation-interval",
+             str(escalation_interval), "--intake-port", str(intake_port), *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         self.lines: list[str] = []
@@ -54,6 +58,15 @@ class Up:
             assert self.process.poll() is None, "".join(self.lines)
             assert time.monotonic() < deadline, "".join(self.lines)
             time.sleep(0.2)
+
+    def pids(self) -> dict[str, int]:
+        """The children's pids, as `sevflow up` printed them (and again on each restart)."""
+        found: dict[str, int] = {}
+        for line in self.lines:
+            for name, pid in re.findall(r"(the Prefect server|the worker \(sevflow serve\)|the alert intake)"
+                                        r"(?::| started again,) pid (\d+)", line):
+                found[name] = int(pid)
+        return found
 
     def ctrl_c(self) -> int:
         os.killpg(self.process.pid, signal.SIGINT)
@@ -85,11 +98,19 @@ def _intake_health(url: str) -> dict | None:
     return health if health.get("credentials_loaded") else None
 
 
+def _watcher_states(api: str) -> list[str]:
+    flows = httpx.post(f"{api}/flows/filter", json={"flows": {"name": {"any_": ["approval-escalation"]}}}).json()
+    if not flows:
+        return []
+    runs = httpx.post(f"{api}/flow_runs/filter", json={"flows": {"id": {"any_": [flows[0]["id"]]}}}).json()
+    return [r["state_type"] for r in runs]
+
+
 def test_up_starts_everything_stops_everything_and_reuses_its_state(tmp_path: Path) -> None:
     home, port, intake_port = tmp_path / "state", free_port(), free_port()
     api = f"http://127.0.0.1:{port}/api"
     intake = f"http://127.0.0.1:{intake_port}"
-    up = Up(home, port, intake_port)
+    up = Up(home, port, intake_port, escalation_interval=3)  # often a watcher pass in flight at Ctrl-C
     try:
         up.wait_for("Ctrl-C stops everything")
         assert any(f"http://127.0.0.1:{port}" in line for line in up.lines)
@@ -105,12 +126,22 @@ def test_up_starts_everything_stops_everything_and_reuses_its_state(tmp_path: Pa
         # Something a person made in the UI: it must survive a restart.
         httpx.post(f"{api}/variables/", json={"name": "made_by_a_person", "value": "kept"}).raise_for_status()
         assert _processes_using(f"PREFECT_HOME={home}")
+        until(lambda: "COMPLETED" in _watcher_states(api), 120, 0.3, what="a watcher pass to complete")
+        until(lambda: "RUNNING" in _watcher_states(api), 60, 0.05, what="a watcher pass in flight")  # now: Ctrl-C
     finally:
         code = up.ctrl_c()
     assert code == 0, "".join(up.lines)
     until(lambda: not _processes_using(f"PREFECT_HOME={home}"), 20, what="every started process to exit")
     assert _processes_using(f"PREFECT_HOME={home}") == []  # nothing left behind
     assert (home / "prefect" / "prefect.db").exists()
+    # Ctrl-C let the watcher's passes in flight end: none was left Crashed, Cancelled, or started
+    # and never finished (read from the stopped server's database).
+    with contextlib.closing(sqlite3.connect(home / "prefect" / "prefect.db")) as db:
+        states = [r[0] for r in db.execute(
+            "SELECT flow_run.state_type FROM flow_run JOIN flow ON flow.id = flow_run.flow_id "
+            "WHERE flow.name = 'approval-escalation'")]
+    assert "COMPLETED" in states, states
+    assert not {"CRASHED", "CANCELLED", "CANCELLING", "PENDING", "RUNNING"} & set(states), sorted(set(states))
 
     again = Up(home, port)
     try:
@@ -118,5 +149,87 @@ def test_up_starts_everything_stops_everything_and_reuses_its_state(tmp_path: Pa
         assert httpx.get(f"{api}/variables/name/made_by_a_person").json()["value"] == "kept"
         policies = httpx.post(f"{api}/block_documents/filter", json={"block_types": {"slug": {"any_": ["sevflow-approval-policy"]}}}).json()
         assert [p["name"] for p in policies] == ["default"]
+        # Ctrl-C let the watcher's pass in flight end: none was left Crashed (or Cancelled).
     finally:
         assert again.ctrl_c() == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGHUP], ids=["SIGKILL", "SIGHUP"])
+def test_up_killed_leaves_no_process_behind_and_starts_again_on_the_same_port(tmp_path: Path, how: int) -> None:
+    home, port, intake_port = tmp_path / "state", free_port(), free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    up = Up(home, port, intake_port)
+    try:
+        up.wait_for("Ctrl-C stops everything")
+        until(lambda: _deployed(api), 120, 0.3, what="sevflow up to deploy the procedures")
+        os.kill(up.process.pid, how)  # SIGKILL: nothing of `sevflow up` runs; SIGHUP: a closed terminal
+        up.process.wait(60)
+        until(lambda: not _processes_using(up.marker), 60, what="every process of the killed sevflow up to exit")
+    finally:
+        if up.process.poll() is None:
+            up.ctrl_c()
+    again = Up(home, port, intake_port)
+    try:
+        again.wait_for("sevflow is up")
+        until(lambda: _deployed(api), 120, 0.3, what="the new sevflow up to deploy the procedures")
+        until(lambda: _intake_health(f"http://127.0.0.1:{intake_port}"), 60, 0.3, what="the new intake")
+    finally:
+        assert again.ctrl_c() == 0
+    until(lambda: not _processes_using(again.marker), 20, what="every started process to exit")
+
+
+def test_a_crashed_child_is_restarted_and_the_others_keep_running(tmp_path: Path) -> None:
+    home, port, intake_port = tmp_path / "state", free_port(), free_port()
+    intake = f"http://127.0.0.1:{intake_port}"
+    up = Up(home, port, intake_port)
+    try:
+        up.wait_for("Ctrl-C stops everything")
+        until(lambda: _intake_health(intake), 60, 0.3, what="the intake to answer")
+        before = up.pids()
+        assert set(before) == {"the Prefect server", "the worker (sevflow serve)", "the alert intake"}
+        os.killpg(before["the alert intake"], signal.SIGKILL)
+        up.wait_for("the alert intake exited (code -9); restarting it")
+        until(lambda: up.pids()["the alert intake"] != before["the alert intake"], 60,
+              what="the intake to be started again")
+        until(lambda: _intake_health(intake), 60, 0.3, what="the restarted intake to answer")
+        assert up.process.poll() is None
+        assert up.pids()["the Prefect server"] == before["the Prefect server"] and _alive(before["the Prefect server"])
+        assert _alive(before["the worker (sevflow serve)"])
+        assert httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200
+    finally:
+        assert up.ctrl_c() == 0
+    until(lambda: not _processes_using(up.marker), 20, what="every started process to exit")
+
+
+def test_up_on_postgresql(tmp_path: Path) -> None:
+    import uuid
+
+    import psycopg
+
+    from tests.support.stack import PG_DSN
+
+    database = f"sevflow_up_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    dsn = PG_DSN.rsplit("/", 1)[0] + f"/{database}"
+    port = free_port()
+    up = Up(tmp_path / "state", port, args=("--database", dsn))
+    try:
+        up.wait_for("Ctrl-C stops everything")
+        assert any("PostgreSQL" in line for line in up.lines)
+        until(lambda: _deployed(f"http://127.0.0.1:{port}/api"), 120, 0.3, what="the procedures to be deployed")
+        with psycopg.connect(dsn) as conn:
+            names = {r[0] for r in conn.execute("SELECT name FROM flow").fetchall()}
+        assert {"application-rollback", "configuration-rollback", "approval-escalation"} <= names
+        assert not (tmp_path / "state" / "prefect" / "prefect.db").exists()
+    finally:
+        assert up.ctrl_c() == 0
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

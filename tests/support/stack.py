@@ -40,6 +40,7 @@ class PrefectServer:
         self.database = f"sevflow_test_{uuid.uuid4().hex[:10]}"
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.extra_env: dict[str, str] = dict(extra_env or {})
+        self.extra_args: list[str] = []  # e.g. --no-services for an API-only replica
         self.process: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
@@ -73,7 +74,8 @@ class PrefectServer:
         env.update(self.extra_env)
         self.log = (self.home / "server.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port),
+             *self.extra_args],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         wait_healthy(self.api_url, self.process, timeout=120)
@@ -229,3 +231,43 @@ def register_procedures(api_url: str) -> None:
             client.create_deployment(flow_id=flow_id, name=DEPLOYMENT_NAME,
                                      parameter_openapi_schema=parameter_schema(flow.fn).model_dump_for_openapi(),
                                      enforce_parameter_schema=True)
+
+
+class PoolWorker(_Child):
+    """`sevflow worker` (the `sevflow` work pool) in its own process group, with its own local
+    storage path: a host of its own, as far as Prefect's results are concerned."""
+
+    def __init__(self, env: dict[str, str], root: Path, limit: int = 20, host: str | None = None) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.env = env | {"PREFECT_LOCAL_STORAGE_PATH": str(root / "storage")}
+        self.log_path = root / "worker.log"
+        self.limit = limit
+        self.host = host
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        assert self.process is not None
+        return f"sevflow-{self.host or socket.gethostname()}-{self.process.pid}"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        command = [sys.executable, "-m", "sevflow", "worker", "--limit", str(self.limit), "--poll", "0.2"]
+        self.process = subprocess.Popen(
+            command + (["--host", self.host] if self.host else []),
+            env=dict(os.environ) | self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, api_url: str, timeout: float = 120.0) -> None:
+        """Until the server lists this worker in the pool (it has synced and polls)."""
+        from tests.support.wait import until
+
+        def listed() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sevflow worker exited: {self.log_path.read_text()[-3000:]}")
+            response = httpx.post(f"{api_url}/work_pools/sevflow/workers/filter", json={}, timeout=5)
+            return response.status_code == 200 and any(w["name"] == self.name for w in response.json())
+
+        until(listed, timeout=timeout, interval=0.3, what=f"sevflow worker to join the pool (log: {self.log_path})")
