@@ -191,11 +191,11 @@ def pending() -> None:
     out.print(table)
 
 
-def _answer(decision: str, flow_run_id: str, name: str, reason: str, wait: float) -> None:
+def _answer(decision: str, flow_run_id: str, name: str, reason: str, wait: float, ref: str | None = None) -> None:
     from sevflow.gate import AnswerRefused, answer_gate
 
     try:
-        verdict = answer_gate(flow_run_id, decision, name, reason, wait_seconds=wait)  # type: ignore[arg-type]
+        verdict = answer_gate(flow_run_id, decision, name, reason, wait_seconds=wait, ref=ref)  # type: ignore[arg-type]
     except AnswerRefused as exc:
         _fail(str(exc), code=1)
     out.print(verdict)
@@ -207,9 +207,10 @@ def approve(
     as_: str = typer.Option(..., "--as", help="Your name, as the approval policy lists you."),
     reason: str = typer.Option(..., "--reason", help="Why; recorded in the timeline."),
     wait: float = typer.Option(15.0, help="Seconds to wait for the gate's verdict."),
+    ref: str = typer.Option("", help="For a gate that asks for one: the commit, tag or branch to deploy (hotfix)."),
 ) -> None:
-    """Approve the change a run is waiting on."""
-    _answer("approve", flow_run_id, as_, reason, wait)
+    """Approve the change a run is waiting on (or, with --ref, name the hotfix it asks for)."""
+    _answer("approve", flow_run_id, as_, reason, wait, ref or None)
 
 
 @app.command()

@@ -480,8 +480,10 @@ class AnswerRefused(ApprovalError):
 
 
 def answer_gate(flow_run_id: str, decision: Literal["approve", "reject"], approver: str, reason: str,
-                wait_seconds: float = 15.0) -> str:
+                wait_seconds: float = 15.0, ref: str | None = None) -> str:
     """Resume the run with an answer and wait for the gate's verdict on it.
+
+    `ref` answers a gate that asks for one (the hotfix to deploy).
 
     Raises AnswerRefused with the server's reason when the resume is refused (Prefect
     answers HTTP 200 with status REJECT/ABORT), or with the policy's sentence when the run
@@ -502,7 +504,7 @@ def answer_gate(flow_run_id: str, decision: Literal["approve", "reject"], approv
         response = client.request(
             "POST", "/flow_runs/{id}/resume", path_params={"id": flow_run_id},
             json={"run_input": {"decision": decision, "approver": approver, "reason": reason,
-                                "plan_digest": digest}},
+                                "plan_digest": digest, **({"ref": ref} if ref else {})}},
         )
     body = response.json()
     if body.get("status") != "ACCEPT":
