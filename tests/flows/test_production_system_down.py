@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from sevflow.gate import answer_gate
+from sevflow.gate import AnswerRefused, answer_gate
 from tests.conftest import WEBHOOK_TOKEN, Service, read_run, wait_final, wait_for
 from tests.support.repos import git
 from tests.support.services import Answering, ProbeService, WebhookReceiver
@@ -318,11 +318,12 @@ def test_a_code_bug_without_a_recent_deploy_gets_the_hotfix_a_person_names(old_o
     assert "no recent deploy" in form(run_id) and "1 error line(s)" in form(run_id)
 
     # Someone the policy does not list cannot name the ref; the question is asked again.
-    assert resume_with(run_id, decision="approve", ref="hotfix/basket", approver="mallory", reason="trust me")[
-        "status"] == "ACCEPT"
+    with pytest.raises(AnswerRefused, match="may not answer"):
+        answer_gate(run_id, "approve", "mallory", "trust me", ref="hotfix/basket")
     paused_at(run_id, "hotfix-ref-answer-2")
-    assert resume_with(run_id, decision="approve", ref="hotfix/basket", approver="alice",
-                       reason="the fix is on hotfix/basket")["status"] == "ACCEPT"
+    # What `sevflow approve RUN --as alice --reason ... --ref hotfix/basket` does.
+    named = answer_gate(run_id, "approve", "alice", "the fix is on hotfix/basket", ref="hotfix/basket")
+    assert "named 'hotfix/basket'" in named
     paused_at(run_id, "hotfix-answer-1")
     assert o.world() == before
     text = form(run_id)
@@ -335,6 +336,34 @@ def test_a_code_bug_without_a_recent_deploy_gets_the_hotfix_a_person_names(old_o
     assert git(o.repo.path, "rev-parse", "HEAD^{tree}") == git(o.repo.path, "rev-parse", f"{fix}^{{tree}}")
     assert o.app.deployed() == "version 3 healthy (basket fixed)" and o.health() == 200
     assert "Deployed hotfix hotfix/basket" in postmortem(run_id)
+
+
+def test_a_fix_that_breaks_while_watched_goes_back_to_diagnosis(outage: Outage, worker: Any) -> None:
+    o = outage
+    # Watched long enough for the test to break it first; the second watch holds for as long.
+    o.save_profile(watch_seconds=15, watch_interval_seconds=0.2)
+    run_id = start(o)
+    paused_at(run_id, "rollback-answer-1")
+    answer_gate(run_id, "approve", "alice", "roll back")
+
+    # Once the fix was confirmed from every source, it breaks again while being watched.
+    def confirmed() -> bool:
+        return any(v.get("description") == "Step 'Confirm system operational' completed"
+                   for v in records(run_id).values())
+    until(confirmed, timeout=120, interval=0.05, what="the fix to be confirmed")
+    (o.repo.deploy_dir / "current").write_text("version 2 unhealthy\n")
+
+    # Back to diagnosis: a recent deploy (the rollback itself) again, a second gate, a second fix.
+    paused_at(run_id, "rollback-2-answer-1")
+    lines = [v["description"] for v in records(run_id).values()]
+    assert any("broke again while watched" in line and "back to diagnosis" in line for line in lines)
+    assert "broke-again" in [p["state"] for p in o.posts()]
+    answer_gate(run_id, "approve", "alice", "again")
+    final = wait_final(run_id, timeout=120)
+    assert final.state.type.value == "COMPLETED", final.state.message
+    assert o.health() == 200 and o.app.deployed() == "version 2 healthy"
+    assert [p["state"] for p in o.posts()] == ["investigating", "monitoring", "broke-again", "monitoring",
+                                                "resolved"]
 
 
 # --- rejection at every gate -------------------------------------------------------------------
