@@ -176,7 +176,7 @@ def handle_outage(ctx: Procedure, service: str, profile_name: str) -> OutageRepo
     publish_records(ctx.incident, "resolved", [*remedies, f"Verified from every source and watched for "
                                                f"{profile.watch_seconds:g} s: {service} stayed healthy."],
                     ["Root cause identified", "Immediate fix applied", "System verified working", "Team notified"],
-                    impact=scope.sentence())
+                    impact=scope.sentence(), first_alert_at=scope.since if scope.since_source == "alert" else None)
     return OutageReport(incident_id=ctx.incident.incident_id, service=service, remedies=remedies,
                         plan_digests=digests, cycles=len(remedies), healthy=True)
 

@@ -92,9 +92,11 @@ def publish_records(
     resolution: list[str],
     proven: list[str],
     impact: str | None = None,
+    first_alert_at: datetime | None = None,
 ) -> str:
     """Publish the run's timeline (table), post-mortem (markdown, the runbook's template) and
-    post-incident checklists as artifacts on the run. Returns the post-mortem markdown."""
+    post-incident checklists as artifacts on the run. Returns the post-mortem markdown.
+    `first_alert_at`, when known, starts the incident's duration and response time."""
     ended = utcnow()
     timeline = run_timeline(incident)
     timeline.append(TimelineEntry(at=ended, source="sevflow", kind="note",
@@ -109,6 +111,7 @@ def publish_records(
         ended_at=ended,
         outcome=outcome,
         impact=impact or (incident.reason or None),
+        first_alert_at=first_alert_at,
         timeline=timeline,
         resolution=resolution,
         run_url=incident.run_url,
