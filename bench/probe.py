@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import statistics
 import threading
 import time
@@ -55,10 +56,15 @@ def _serve(ready: "multiprocessing.Queue[int]") -> None:
     server.serve_forever()
 
 
+CPU: list[float] = []
+
+
 def timed(targets: list[ProbeTarget]) -> float:
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     results = probe_all(targets, timeout=10.0)
     elapsed = time.perf_counter() - started
+    if len(targets) > 1:
+        CPU.append(time.process_time() - cpu)
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]
     return elapsed
 
@@ -95,6 +101,8 @@ def main() -> None:
     print(f"baseline  slowest endpoint alone:      {baseline:.3f} s")
     print(f"measured  all {args.endpoints} in one round:         {measured:.3f} s")
     print(f"          sum of the delays (serial): {total:.3f} s")
+    print(f"          CPU time of the prober per round: {statistics.median(CPU):.3f} s "
+          f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     print(f"ratio to the slowest endpoint alone: {measured / baseline:.2f}   (1.00 = as long as the slowest)")
     print(f"ratio to the serial sum:             {measured / total:.3f}")
 
