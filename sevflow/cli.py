@@ -135,8 +135,9 @@ def plan(
         else:
             # Plain output, never wrapped: the plan is read and copied exactly.
             typer.echo(shown["text"])
-            typer.echo(f"\nGate {shown['gate']!r} would ask about plan {shown['digest']}.")
-            typer.echo("Nothing was asked for and nothing was changed.")
+            if shown["digest"]:  # a step whose plan waits on a person's answer has none yet
+                typer.echo(f"\nGate {shown['gate']!r} would ask about plan {shown['digest']}.")
+                typer.echo("Nothing was asked for and nothing was changed.")
         return
     if state.is_completed():
         out.print(state.message or state.name, markup=False)
