@@ -169,8 +169,9 @@ def plan(
         else:
             # Plain output, never wrapped: the plan is read and copied exactly.
             typer.echo(shown["text"])
-            typer.echo(f"\nGate {shown['gate']!r} would ask about plan {shown['digest']}.")
-            typer.echo("Nothing was asked for and nothing was changed.")
+            if shown["digest"]:  # a step whose plan waits on a person's answer has none yet
+                typer.echo(f"\nGate {shown['gate']!r} would ask about plan {shown['digest']}.")
+                typer.echo("Nothing was asked for and nothing was changed.")
         return
     if state.is_completed():
         out.print(state.message or state.name, markup=False)
@@ -278,7 +279,8 @@ def pending() -> None:
               "Answer: sevflow approve RUN --as NAME --reason TEXT", soft_wrap=True)
 
 
-def _answer(decision: str, flow_run_id: str, name: str, reason: str, wait: float, key: str) -> None:
+def _answer(decision: str, flow_run_id: str, name: str, reason: str, wait: float, key: str = "",
+            ref: str | None = None) -> None:
     from sevflow.errors import ApprovalError
     from sevflow.gate import AnswerRefused, answer_gate
 
@@ -288,7 +290,7 @@ def _answer(decision: str, flow_run_id: str, name: str, reason: str, wait: float
         wait = 0.0  # nobody can judge the answer now: do not wait for a verdict
     try:
         verdict = answer_gate(flow_run_id, decision, name, reason, wait_seconds=wait,  # type: ignore[arg-type]
-                              key=key or None)
+                              key=key or None, ref=ref)
     except AnswerRefused as exc:
         _fail(str(exc), code=1)
     except ApprovalError as exc:
@@ -311,9 +313,10 @@ def approve(
     reason: str = typer.Option(..., "--reason", help="Why; recorded in the timeline."),
     wait: float = typer.Option(15.0, help="Seconds to wait for the gate's verdict."),
     key: str = typer.Option("", "--key", envvar="SEVFLOW_SIGNING_KEY", help=KEY_HELP),
+    ref: str = typer.Option("", help="For a gate that asks for one: the commit, tag or branch to deploy (hotfix)."),
 ) -> None:
-    """Approve the change a run is waiting on."""
-    _answer("approve", flow_run_id, as_, reason, wait, key)
+    """Approve the change a run is waiting on (or, with --ref, name the hotfix it asks for)."""
+    _answer("approve", flow_run_id, as_, reason, wait, key, ref or None)
 
 
 @app.command()

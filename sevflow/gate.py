@@ -33,6 +33,7 @@ resource `sevflow.incident.<id>` and a durable timeline record on the run.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import datetime
@@ -62,6 +63,7 @@ from sevflow.models import (
     REQUESTER_KEY,
     AnswerVerdict,
     GateAnswer,
+    GateOutcome,
     GateRequest,
     GateResult,
     IncidentContext,
@@ -87,6 +89,7 @@ from sevflow.tasks.orchestrator import (
     read_record,
     read_records,
     record_timeline,
+    resolved_alerts,
     write_record,
 )
 
@@ -331,6 +334,7 @@ def require_approval(incident: IncidentContext, plan: Plan, *, gate: str, policy
         )
         verdict, sentence, tally = record_answer(request, n, answer, tally)
         answers.append((answer, verdict, sentence))
+    note_resolved_alert(incident, gate, request.opened_at)
     return GateResult(gate=gate, outcome=tally.outcome, approvers=tally.approvals, answers=answers,
                       plan=request.plan)
 
@@ -361,12 +365,56 @@ def _form_description(request: GateRequest, tally: GateTally, answers: list[tupl
         f"({'signed' if request.requester_verified else 'not proven'})"
         + (" · may not approve it" if request.forbid_self_approval and request.requester != "unknown" else ""),
     ]
+    resolved = [a for a in resolved_alerts(incident.flow_run_id)]
+    if resolved:
+        lines = [resolved_banner(resolved[-1]), "", *lines]
     if answers:
         lines += ["", "**Answers so far:**"] + [
             f"- {md.escape(a.approver)}: {md.escape(a.decision)} → {md.escape(s)}" for a, v, s in answers]
     if tally.approvals:
         lines += ["", f"**Approved so far by:** {md.escape(', '.join(tally.approvals))}"]
     return "\n".join(lines)
+
+
+# --- the incident's alert resolved while a gate waits ------------------------------------
+
+
+def resolved_banner(alert: TimelineEntry) -> str:
+    return (f"**⚠ The incident's alert resolved** at {alert.at:%Y-%m-%d %H:%M:%S} UTC "
+            f"({md.escape(alert.description)}) while this gate waited: check the service is still down "
+            "before approving a change.")
+
+
+def note_resolved_alert(incident: IncidentContext, gate: str, opened_at: datetime) -> TimelineEntry | None:
+    """If an alert of the incident resolved since the gate opened, say so on the timeline
+    (once per gate). Returns that alert, or None."""
+    resolved = [a for a in resolved_alerts(incident.flow_run_id) if a.at >= opened_at]
+    if not resolved:
+        return None
+    alert = resolved[-1]
+    record_timeline(incident, f"{gate}-alert-resolved", TimelineEntry(
+        at=alert.at, source="sevflow", kind="alert",
+        description=f"The incident's alert resolved while gate {gate!r} waited for a decision ({alert.description})",
+        details={"gate": gate},
+    ))
+    return alert
+
+
+def _mark_form_resolved(run: Any, request: GateRequest) -> None:
+    """Put the resolved-alert banner at the top of the waiting gate's form (once)."""
+    alert = note_resolved_alert(request.incident, request.gate, request.opened_at)
+    if alert is None or not write_record(run.id, f"sevflow-gate-{request.gate}-form-marked", {"at": utcnow().isoformat()}):
+        return
+    key = f"{run.state.name.lower()}-{run.state.state_details.pause_key}-description"
+    with get_client(sync_client=True) as client:
+        try:
+            current = client.read_flow_run_input(flow_run_id=run.id, key=key)
+        except Exception:  # noqa: BLE001 - no description stored: nothing to mark
+            return
+        client.delete_flow_run_input(flow_run_id=run.id, key=key)
+        text = json.loads(current) if current else ""
+        client.create_flow_run_input(flow_run_id=run.id, key=key,
+                                     value=json.dumps(f"{resolved_banner(alert)}\n\n{text}"))
 
 
 # --- escalation watcher ----------------------------------------------------------------
@@ -488,6 +536,7 @@ def escalate_waiting_gates(now: datetime | None = None) -> dict[str, str]:
     now = now or utcnow()
     done: dict[str, str] = {}
     for run, request in waiting_gates():
+        _mark_form_resolved(run, request)
         outcome = escalate_gate(str(run.id), request, now)
         if outcome:
             done[str(run.id)] = outcome
@@ -502,8 +551,10 @@ class AnswerRefused(ApprovalError):
 
 
 def answer_gate(flow_run_id: str, decision: Literal["approve", "reject"], approver: str, reason: str,
-                wait_seconds: float = 15.0, key: str | None = None) -> str:
+                wait_seconds: float = 15.0, key: str | None = None, ref: str | None = None) -> str:
     """Resume the run with an answer and wait for the gate's verdict on it.
+
+    `ref` answers a gate that asks for one (the hotfix to deploy).
 
     Raises AnswerRefused with the server's reason when the resume is refused (Prefect
     answers HTTP 200 with status REJECT/ABORT), or with the policy's sentence when the run
@@ -521,7 +572,8 @@ def answer_gate(flow_run_id: str, decision: Literal["approve", "reject"], approv
         gate = gate_of_pause_key(run.state.state_details.pause_key)
         stored = read_record(flow_run_id, request_key(gate)) if gate else None
         digest = GateRequest.model_validate(stored).digest if stored else ""
-        run_input = {"decision": decision, "approver": approver, "reason": reason, "plan_digest": digest}
+        run_input = {"decision": decision, "approver": approver, "reason": reason, "plan_digest": digest,
+                     **({"ref": ref} if ref else {})}
         if key and gate:
             signed_at = utcnow().isoformat()
             message = identity.answer_message(run=str(run.id), gate=gate, plan=digest, decision=decision,
@@ -550,3 +602,92 @@ def answer_gate(flow_run_id: str, decision: Literal["approve", "reject"], approv
     return "answer delivered; the run has not judged it yet (is a worker running? see `sevflow pending`)"
 
 
+
+
+# --- asking for a value: the hotfix ref ---------------------------------------------------
+
+
+class RefInput(RunInput):
+    """The form that asks which ref to deploy as a hotfix. Naming a ref changes nothing: a
+    plan is made from it and asked about at the next gate."""
+
+    decision: Literal["approve", "reject"] = Field(
+        title="Decision", description="Approve and name the ref to deploy; reject to leave production as it is.",
+        json_schema_extra={"enum": ["approve", "reject"]},
+    )
+    ref: str = Field(default="", title="Ref to deploy",
+                     description="Commit, tag or branch holding the fix (needed to approve).")
+    approver: str = Field(title="Your name", min_length=1, description="As the approval policy lists you.")
+    reason: str = Field(title="Reason", min_length=1, description="Why: recorded in the timeline and post-mortem.")
+    plan_digest: str = Field(default="", title="Plan digest", description="Not used here: no plan exists yet.")
+
+
+@step("who may answer", timeline=False)
+def who_may_answer(policy_name: str, kind: str, incident: IncidentContext) -> list[str]:
+    """The approvers the policy lists for changes of `kind` at the incident's severity."""
+    from sevflow.blocks.policy import ApprovalPolicy
+
+    try:
+        return ApprovalPolicy.load(policy_name).requirement(kind, incident.severity).approvers
+    except (ValueError, PolicyError) as exc:
+        raise ConfigurationError(f"Approval policy {policy_name!r}: {exc}") from exc
+
+
+@step("record the answer", timeline=False)
+def record_ref_answer(incident: IncidentContext, gate: str, n: int, answer: GateAnswer, ref: str,
+                      approvers: list[str]) -> tuple[AnswerVerdict, str]:
+    """Judge an answer to the ref question: someone the policy lists, approving with a ref,
+    or rejecting. Anything else is recorded and ignored, and the question is asked again."""
+    from sevflow.policy import normalise_name
+
+    who = normalise_name(answer.approver)
+    if who not in approvers:
+        verdict, sentence = AnswerVerdict.IGNORED, f"{answer.approver!r} may not answer this: recorded and ignored."
+    elif answer.decision == "reject":
+        verdict, sentence = AnswerVerdict.REJECTED, f"Rejected by {answer.approver}: {answer.reason}"
+    elif not ref.strip():
+        verdict, sentence = AnswerVerdict.IGNORED, f"{answer.approver} approved without naming a ref: asked again."
+    else:
+        verdict, sentence = AnswerVerdict.COUNTED, f"{answer.approver} named {ref.strip()!r} as the hotfix to deploy."
+    record_timeline(incident, f"{gate}-{n:02d}-answer", TimelineEntry(
+        at=answer.received_at, source="approver", kind="approval", description=sentence, actor=answer.approver,
+        details={"gate": gate, "decision": answer.decision, "verdict": verdict.value, "ref": ref,
+                 "reason": answer.reason}))
+    emit_incident_event(incident, "sevflow.approval.answered", {"gate": gate, "answer": n, "ref": ref,
+                                                               "verdict": verdict.value, "sentence": sentence})
+    return verdict, sentence
+
+
+def ask_for_ref(incident: IncidentContext, *, gate: str, policy: str, kind: str, question: str) -> tuple[GateResult, str]:
+    """Suspend until someone the policy allows names a ref (or rejects). Returns how it ended
+    and the ref. Like a gate, it holds no worker while it waits, and replays its answers."""
+    if not _GATE_NAME.match(gate):
+        raise ValueError(f"gate name {gate!r}: lowercase letters, digits and dashes only")
+    approvers = who_may_answer(policy, kind, incident)
+    record_timeline(incident, f"{gate}-00-request", TimelineEntry(
+        at=utcnow(), source="sevflow", kind="approval", description=f"Asked for a decision: {question}",
+        details={"gate": gate}))
+    answers: list[tuple[GateAnswer, AnswerVerdict, str]] = []
+    n = 0
+    while True:
+        n += 1
+        lines = [f"**Incident {md.escape(incident.incident_id)}** · {incident.severity.value} · "
+                 f"service {md.code(incident.service)}", "", question, "",
+                 f"**Who may answer:** {md.escape(', '.join(approvers))}"]
+        resolved = resolved_alerts(incident.flow_run_id)
+        if resolved:
+            lines = [resolved_banner(resolved[-1]), "", *lines]
+        lines += [f"- {md.escape(a.approver)}: {md.escape(s)}" for a, _, s in answers]
+        given = suspend_flow_run(wait_for_input=RefInput.with_initial_data(description="\n".join(lines)),
+                                 key=answer_key(gate, n))
+        answer = GateAnswer(decision=given.decision, approver=given.approver, reason=given.reason,
+                            received_at=_answered_at(incident.flow_run_id, answer_key(gate, n)))
+        verdict, sentence = record_ref_answer(incident, gate, n, answer, given.ref, approvers)
+        answers.append((answer, verdict, sentence))
+        if verdict is AnswerVerdict.REJECTED:
+            return GateResult(gate=gate, outcome=GateOutcome.REJECTED, answers=answers), ""
+        if verdict is AnswerVerdict.COUNTED:
+            asked = read_record(incident.flow_run_id, f"{RECORD_PREFIX}{gate}-00-request")
+            note_resolved_alert(incident, gate, TimelineEntry.model_validate(asked).at if asked else incident.opened_at)
+            return GateResult(gate=gate, outcome=GateOutcome.APPROVED, approvers=[answer.approver],
+                              answers=answers), given.ref.strip()

@@ -99,12 +99,14 @@ def publish_records(
     impact: str | None = None,
     root_cause_candidates: list[str] | None = None,
     health_after: str | None = None,
+    first_alert_at: datetime | None = None,
 ) -> str:
     """Publish the run's timeline (table), post-mortem (markdown, the runbook's template) and
     post-incident checklists as artifacts on the run. Returns the post-mortem markdown.
 
     `impact` only when known (the run's `reason` is why it was started, not the impact);
-    `root_cause_candidates` are what the run's facts point at, for a person to confirm."""
+    `root_cause_candidates` are what the run's facts point at, for a person to confirm;
+    `first_alert_at`, when known, starts the incident's duration and response time."""
     ended = utcnow()
     timeline = run_timeline(incident)
     end = TimelineEntry(at=ended, source="sevflow", kind="note", description=f"Procedure ended: {outcome}",
@@ -121,6 +123,7 @@ def publish_records(
         ended_at=ended,
         outcome=outcome,
         impact=impact,
+        first_alert_at=first_alert_at,
         timeline=timeline,
         resolution=resolution,
         run_url=incident.run_url,

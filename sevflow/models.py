@@ -161,20 +161,64 @@ ChangeKind = Literal[
     "application-rollback",
     "configuration-rollback",
     "return-to-previous-version",
+    "failover",
+    "hotfix-deploy",
 ]
 """Kinds of production change the gate knows; the policy names them. Later procedures
 (failover, credential changes, restores...) add theirs here."""
 
 
+class OutageSpec(BaseModel):
+    """An outage profile block as one run read it (no secret values, only whether they are
+    set): where to look from, what to tell, how to fail over. Plans made from it name exactly
+    what the block said; a block edited later is noticed by its fingerprint."""
+
+    block: str = Field(description="name of the sevflow Outage Profile block")
+    service: str
+    probe_endpoints: list[str] = Field(default_factory=list)
+    control_url: str
+    status_page_webhook: str | None = None
+    status_page_token: bool = False
+    notification_blocks: list[str] = Field(default_factory=list)
+    log_file: str | None = None
+    log_command: str | None = None
+    log_url: str | None = None
+    log_lines: int = 200
+    error_pattern: str = ""
+    dependencies: dict[str, str] = Field(default_factory=dict)
+    dependent_services: dict[str, str] = Field(default_factory=dict)
+    users_metric_url: str | None = None
+    deploy_window_seconds: float = 3600.0
+    failover_command: str | None = None
+    failover_cwd: str | None = None
+    dependency_wait_seconds: float = 60.0
+    verify_budget_seconds: float = 30.0
+    watch_seconds: float = 300.0
+    watch_interval_seconds: float = 10.0
+    probe_timeout_seconds: float = 5.0
+    reading: str = Field(default="", description="which reading of the run this is; not fingerprinted")
+
+    def _fields(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"reading"})
+
+    def fingerprint(self) -> str:
+        return canonical_digest(self._fields())
+
+    def changes_since(self, earlier: OutageSpec) -> list[str]:
+        now, then = self._fields(), earlier._fields()
+        return [f"{name}: {then.get(name)!r} → {now.get(name)!r}" for name in now if now.get(name) != then.get(name)]
+
+
 class Precondition(BaseModel):
     """Something that must still hold when the approved plan is carried out."""
 
-    check: Literal["git-head", "target-unchanged"]
+    check: Literal["git-head", "target-unchanged", "profile-unchanged"]
     description: str
     repository: str = ""
     branch: str = ""
     sha: str = ""
     target: ServiceSpec | None = None
+    profile: OutageSpec | None = None
 
 
 class GitRestore(BaseModel):
@@ -220,7 +264,22 @@ class HealthSpec(BaseModel):
     token_block: str | None = Field(default=None, description="block holding the bearer token, if any")
 
 
-Operation = GitRestore | ShellCommand
+class FailoverCommand(BaseModel):
+    """The outage profile's failover command (switch to the standby of an external
+    dependency), exactly as approved."""
+
+    op: Literal["failover"] = "failover"
+    kind: Literal["failover"] = "failover"
+    service: str
+    dependency: str = Field(description="the external dependency that is down")
+    command: str
+    cwd: str
+    timeout_seconds: float
+    profile_block: str = Field(description="the outage profile block it came from")
+    profile_fingerprint: str = Field(description="the block as planned; an edited block stops the command")
+
+
+Operation = GitRestore | ShellCommand | FailoverCommand
 
 
 class Plan(BaseModel):
@@ -231,7 +290,7 @@ class Plan(BaseModel):
     kind: str = Field(description="change kind, as the approval policy names it")
     title: str
     target: str = Field(description="where: service, repository, branch, file")
-    operations: list[GitRestore | ShellCommand] = Field(default_factory=list)
+    operations: list[GitRestore | ShellCommand | FailoverCommand] = Field(default_factory=list)
     preconditions: list[Precondition] = Field(default_factory=list)
     verify: HealthSpec | None = None
     undo: str
@@ -254,6 +313,8 @@ class Plan(BaseModel):
                     lines += [f"git commit-tree {op.source_sha[:12]}^{{tree}} -p {op.expected_head[:12]}   "
                               "# new commit with that tree; history is not rewritten",
                               "git merge --ff-only <that commit>"]
+            elif isinstance(op, FailoverCommand):
+                lines.append(f"(cd {op.cwd} && {op.command})   # fail over from {op.dependency}")
             else:
                 env = f"   # with secret env {', '.join(op.secret_env)}" if op.secret_env else ""
                 lines.append(f"(cd {op.cwd} && {op.command}){env}")
@@ -262,7 +323,7 @@ class Plan(BaseModel):
                       for url in self.verify.urls]
         return lines
 
-    def operation(self, kind: str) -> GitRestore | ShellCommand | None:
+    def operation(self, kind: str) -> GitRestore | ShellCommand | FailoverCommand | None:
         """The plan's operation of that kind (`git-restore`, `build`, `deploy`, `reload`)."""
         for op in self.operations:
             if (isinstance(op, GitRestore) and kind == "git-restore") or getattr(op, "kind", None) == kind:

@@ -13,7 +13,9 @@ from typing import Literal
 
 from sevflow import markdown as md
 from sevflow.models import (
+    FailoverCommand,
     GitRestore,
+    OutageSpec,
     HealthSpec,
     Plan,
     Precondition,
@@ -121,6 +123,59 @@ def configuration_rollback_plan(spec: ServiceSpec, diff: ConfigDiff, source: Com
             "restoring reverses it:",
             "",
             md.fence(diff.diff.strip() or "(no difference)", "diff"),
+        ]),
+        secrets_used=_secrets(spec),
+    )
+
+
+def profile_unchanged(profile: OutageSpec) -> Precondition:
+    return Precondition(check="profile-unchanged", profile=profile.model_copy(update={"reading": ""}),
+                        description=f"the outage profile block {profile.block!r} is unchanged "
+                        f"(fingerprint {profile.fingerprint()[:12]})")
+
+
+def failover_plan(profile: OutageSpec, spec: ServiceSpec, dependency: str, dependency_url: str, why: str) -> Plan:
+    """Production System Down, "If external: failover": the profile's failover command, run once."""
+    if not profile.failover_command:
+        raise ValueError(f"outage profile {profile.block!r} has no failover_command")
+    cwd = profile.failover_cwd or str(spec.repository_path)
+    return Plan(
+        kind="failover",
+        title=f"Fail {spec.service} over from {dependency} (down)",
+        target=f"service {spec.service}, external dependency {dependency} ({dependency_url})",
+        operations=[FailoverCommand(service=spec.service, dependency=dependency, command=profile.failover_command,
+                                    cwd=cwd, timeout_seconds=spec.command_timeout_seconds,
+                                    profile_block=profile.block, profile_fingerprint=profile.fingerprint())],
+        preconditions=[profile_unchanged(profile)],
+        verify=health(spec),
+        undo=f"switch back to {dependency} by hand once it answers again (the failover command's counterpart)",
+        details=f"**Why:** {md.escape(why)}",
+    )
+
+
+def hotfix_plan(spec: ServiceSpec, fix: CommitInfo, preview: RollbackPreview, run_key: str, asked_by: str) -> Plan:
+    """Production System Down, "If code bug: hotfix": put the named ref's content on the branch
+    as one new commit on top of what runs, build, deploy."""
+    return Plan(
+        kind="hotfix-deploy",
+        title=f"Deploy hotfix {fix.short} ({fix.subject}) to {spec.service}",
+        target=f"service {spec.service}, repository {spec.repository}, branch {spec.branch}",
+        operations=[
+            GitRestore(service=spec.service, repository=spec.repository, branch=spec.branch,
+                       expected_head=preview.from_sha, source_sha=fix.sha, source_tree=preview.to_tree,
+                       run_key=run_key, subject=f"Hotfix {spec.service}: {fix.subject} ({fix.short})"),
+            *_commands(command(spec, "build"), command(spec, "deploy")),
+        ],
+        preconditions=[head_unchanged(spec, preview.from_sha), target_unchanged(spec)],
+        verify=health(spec),
+        undo=f"run application-rollback with version={preview.from_sha[:12]} (the version running now)",
+        details="\n".join([
+            f"**Hotfix ref named by:** {md.escape(asked_by)}",
+            "",
+            f"**What changes from {md.code(preview.from_sha[:12])} (running) to {md.code(fix.short)}:** "
+            f"{preview.files_changed} file(s), +{preview.insertions} −{preview.deletions}",
+            "",
+            md.fence(preview.diff.strip() or "(no difference)", "diff"),
         ]),
         secrets_used=_secrets(spec),
     )

@@ -373,6 +373,17 @@ def recent_history(target: Checkout, limit: int = 50) -> list[CommitInfo]:
         return _commits(repo, "--first-parent", f"--max-count={limit}", head)
 
 
+@step("Check recent deployments")
+def deployed_history(target: Checkout, round_: int, limit: int = 50) -> list[CommitInfo]:
+    """The production branch's last `limit` commits, newest first: what was deployed and when
+    (Production System Down, DIAGNOSE). `round_` tells apart the diagnoses of one run (the
+    branch may have changed in between). Changes nothing."""
+    _logger().info("Reading the last %d deployed commits of %s", limit, target.branch)
+    with _open(target) as repo:
+        head = _branch_head(repo, target)
+        return _commits(repo, "--first-parent", f"--max-count={limit}", head)
+
+
 @step("resolve the named version")
 def resolve_version(target: Checkout, ref: str) -> CommitInfo:
     """The commit a hash, tag or branch name refers to. Changes nothing.
@@ -414,6 +425,24 @@ def rollback_preview(target: Checkout, to_sha: str) -> RollbackPreview:
             insertions=insertions,
             deletions=deletions,
         )
+
+
+@step("show what the hotfix changes")
+def hotfix_preview(target: Checkout, fix_sha: str) -> RollbackPreview:
+    """What deploying `fix_sha`'s content over the running head changes: `git diff head fix`
+    (the diff an approver reads), the fix's tree. Changes nothing."""
+    _logger().info("Comparing %s with %s", target.branch, fix_sha)
+    with _open(target) as repo:
+        head = _branch_head(repo, target)
+        fix = _resolve(repo, fix_sha)
+        stat = _git(repo, "diff", "--stat", "--no-color", "--no-ext-diff", head, fix)
+        files_changed, insertions, deletions = parse_diff_summary(stat)
+        diff = _git(repo, "diff", "--no-color", "--no-ext-diff", head, fix)
+        if len(diff) > MAX_DIFF_CHARS:
+            diff = diff[:MAX_DIFF_CHARS] + f"\n... (cut at {MAX_DIFF_CHARS} characters; the tree sha names it all)"
+        return RollbackPreview(from_sha=head, to_sha=fix, to_tree=_tree(repo, fix), diff=diff,
+                               commits=_commits(repo, f"{head}..{fix}"), diff_stat=stat,
+                               files_changed=files_changed, insertions=insertions, deletions=deletions)
 
 
 @step("git checkout <commit-hash>", mutating=True)

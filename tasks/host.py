@@ -31,11 +31,11 @@ from pathlib import Path
 
 from sevflow.blocks.service import ServiceTarget
 from sevflow.errors import CommandFailed, ConfigurationError, DriftError
-from sevflow.models import ServiceSpec, ShellCommand
+from sevflow.models import FailoverCommand, ServiceSpec, ShellCommand
 from sevflow.tasks.common import step
 from sevflow.tasks.targets import load_secrets
 
-CommandKind = Literal["build", "deploy", "reload"]
+CommandKind = Literal["build", "deploy", "reload", "failover"]
 
 MASK = "********"
 
@@ -110,6 +110,25 @@ def deploy(op: ShellCommand | None, phase: str) -> CommandResult:
 def reload_configuration(op: ShellCommand | None, phase: str) -> CommandResult:
     """Make the running service re-read its configuration: the approved plan's reload command."""
     return _run_approved(_required(op, "reload"), "reload")
+
+
+@step("fail over", mutating=True, milestone="Fix deployed")
+def fail_over(op: FailoverCommand, phase: str) -> CommandResult:
+    """Switch the service away from a dead external dependency: runs the approved plan's
+    failover command, once sure the outage profile it came from is unchanged. Never retried."""
+    from sevflow.blocks.outage import OutageProfile
+
+    try:
+        live = OutageProfile.load(op.profile_block)
+    except ValueError:
+        live = None
+    if live is None or live.spec(op.profile_block).fingerprint() != op.profile_fingerprint:  # type: ignore[attr-defined]
+        raise DriftError(
+            f"The failover command was not run: the outage profile {op.profile_block!r} changed (or was deleted) "
+            "since the plan was approved. Nothing was changed; run the procedure again to review the new plan."
+        )
+    return run_command("failover", op.command, Path(op.cwd), {}, live.secret_values(), op.timeout_seconds,  # type: ignore[attr-defined]
+                       op.service)
 
 
 def _required(op: ShellCommand | None, kind: CommandKind) -> ShellCommand:

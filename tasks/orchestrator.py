@@ -131,3 +131,15 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[Any]:
         return get_run_logger()
     except MissingContextError:
         return log
+
+
+def incident_alerts(flow_run_id: str | UUID) -> list[TimelineEntry]:
+    """The alerts the intake delivered to the run (`sevflow-record-alert-*`), oldest first."""
+    records = read_records(flow_run_id, f"{RECORD_PREFIX}alert-")
+    entries = [TimelineEntry.model_validate(v) for v in records.values() if isinstance(v, dict)]
+    return sorted(entries, key=lambda e: e.at)
+
+
+def resolved_alerts(flow_run_id: str | UUID) -> list[TimelineEntry]:
+    """Alerts of the run that say the incident's alert resolved."""
+    return [e for e in incident_alerts(flow_run_id) if e.description.startswith("Alert resolved")]

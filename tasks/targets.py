@@ -8,7 +8,7 @@ a command runs, the block is read again and compared: an edit made while a gate 
 from __future__ import annotations
 
 from sevflow.blocks.service import ServiceTarget
-from sevflow.models import ServiceSpec
+from sevflow.models import OutageSpec, ServiceSpec
 from sevflow.tasks.common import step
 
 
@@ -36,3 +36,23 @@ def load_secrets(block: str, names: list[str]) -> tuple[dict[str, str], list[str
     target = ServiceTarget.for_service(block)
     env = target.command_environment()
     return {name: env[name] for name in names if name in env}, target.secret_values()
+
+
+@step("read the outage profile", timeline=False)
+def read_outage_profile(name: str, reading: str = "") -> OutageSpec:
+    """The outage profile block `name` as it is now, without secret values. Persisted per run
+    and reading, like the service target. Changes nothing."""
+    from sevflow.blocks.outage import OutageProfile
+
+    return OutageProfile.for_service(name).spec(name).model_copy(update={"reading": reading})
+
+
+def profile_changes(planned: OutageSpec) -> list[str]:
+    """What moved in the outage profile since `planned` was read; empty when unchanged."""
+    from sevflow.blocks.outage import OutageProfile
+
+    try:
+        live = OutageProfile.load(planned.block)
+    except ValueError:
+        return [f"the outage profile block {planned.block!r} was deleted"]
+    return live.spec(planned.block).changes_since(planned)  # type: ignore[attr-defined]

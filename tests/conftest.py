@@ -92,10 +92,10 @@ def receiver() -> Iterator[WebhookReceiver]:
 class Service:
     """A production service for one test: its repo, app, target block and policy block."""
 
-    def __init__(self, root: Path, receiver: WebhookReceiver | None) -> None:
+    def __init__(self, root: Path, receiver: WebhookReceiver | None, when: str | None = None) -> None:
         self.name = f"shop-{uuid.uuid4().hex[:8]}"
         self.policy = f"policy-{self.name}"
-        self.repo: ServiceRepo = make_service_repo(root)
+        self.repo: ServiceRepo = make_service_repo(root, when)
         self.app = HealthApp(self.repo.deploy_dir)
         self.receiver = receiver
 

@@ -8,7 +8,7 @@ from sevflow.models import IncidentContext, Plan, TimelineEntry, utcnow
 from sevflow.tasks.common import step
 from sevflow.tasks.git import head_drift
 from sevflow.tasks.orchestrator import emit_incident_event, record_timeline
-from sevflow.tasks.targets import target_changes
+from sevflow.tasks.targets import profile_changes, target_changes
 
 
 @step("check the approved plan still holds", timeline=False)
@@ -27,6 +27,10 @@ def check_preconditions(incident: IncidentContext, gate: str, plan: Plan) -> lis
             changes = target_changes(pre.target)
             if changes:
                 moved.append(f"service target {pre.target.block!r} edited: {', '.join(changes)}")
+        elif pre.check == "profile-unchanged" and pre.profile is not None:
+            changes = profile_changes(pre.profile)
+            if changes:
+                moved.append(f"outage profile {pre.profile.block!r} edited: {', '.join(changes)}")
     if moved:
         record_timeline(incident, f"{gate}-90-drift", TimelineEntry(
             at=utcnow(), source="sevflow", kind="drift",

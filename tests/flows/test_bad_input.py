@@ -66,3 +66,10 @@ def test_bad_parameters_are_refused_by_the_server(params: dict, service: Service
 
     with pytest.raises(Exception, match="(?i)validation|parameter"):
         run_deployment("application-rollback/sevflow", parameters=params, timeout=0)
+
+
+def test_production_down_without_an_outage_profile_says_what_to_create(service: Service, worker) -> None:
+    before = service.repo.snapshot()
+    run_id = start("production-system-down", service=service.name, policy=service.policy)
+    _fails_with(run_id, f"No sevflow Outage Profile block named {service.name!r}", "control URL")
+    assert service.repo.snapshot() == before

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def git(repo: Path, *args: str) -> str:
+def git(repo: Path, *args: str, when: str | None = None) -> str:
+    """Run git in `repo`; `when` (ISO 8601) dates the commits it makes."""
+    dates = {"GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when} if when else {}
     return subprocess.run(
         ["git", *args], cwd=repo, check=True, capture_output=True, text=True,
         env={"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1", "PATH": "/usr/bin:/bin",
-             "HOME": str(repo)},
+             "HOME": str(repo), **dates},
     ).stdout.strip()
 
 
@@ -21,13 +23,15 @@ class ServiceRepo:
     deploy_dir: Path
     commits: dict[str, str] = field(default_factory=dict)
 
+    when: str | None = None  # commits made with this date (an old history: no recent deploy)
+
     def commit(self, label: str, files: dict[str, str], message: str, tag: str | None = None) -> str:
         for name, content in files.items():
             target = self.path / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(content)
         git(self.path, "add", "-A")
-        git(self.path, "commit", "-q", "-m", message)
+        git(self.path, "commit", "-q", "-m", message, when=self.when)
         sha = git(self.path, "rev-parse", "HEAD")
         if tag:
             git(self.path, "tag", tag)
@@ -59,10 +63,10 @@ class ServiceRepo:
         }
 
 
-def make_service_repo(root: Path) -> ServiceRepo:
+def make_service_repo(root: Path, when: str | None = None) -> ServiceRepo:
     """v1 (healthy, tagged good-v1) → v2 (healthy, tagged good-v2) → v3 (broken, running).
 
-    config/app.env changes in v2 (good) and v3 (bad)."""
+    config/app.env changes in v2 (good) and v3 (bad). `when` dates every commit (default: now)."""
     path = root / "shop"
     deploy_dir = root / "deployed"
     path.mkdir()
@@ -70,7 +74,7 @@ def make_service_repo(root: Path) -> ServiceRepo:
     git(path, "init", "-q", "-b", "main")
     git(path, "config", "user.name", "Release Bot")
     git(path, "config", "user.email", "release@example.invalid")
-    repo = ServiceRepo(path, deploy_dir)
+    repo = ServiceRepo(path, deploy_dir, when=when)
     repo.commit("v1", {"app.txt": "version 1 healthy\n", ".gitignore": "build/\n",
                        "config/app.env": "POOL_SIZE=10\n"}, "Release v1", tag="good-v1")
     repo.commit("v2", {"app.txt": "version 2 healthy\n", "config/app.env": "POOL_SIZE=20\n"}, "Release v2",

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,8 @@ class _Server:
 
 class HealthApp(_Server):
     """The production app: healthy when the deployed build says `healthy` and its
-    reloaded configuration (`deploy_dir/app.env`, if any) has a non-zero POOL_SIZE.
+    reloaded configuration (`deploy_dir/app.env`, if any) has a non-zero POOL_SIZE, and the
+    external dependency it uses (the URL in `deploy_dir/upstream.url`, if any) answers 2xx.
 
     Deploying = copying the build into `deploy_dir/current`; each deploy appends the commit
     to `deploy_dir/deploys.log`, so tests can count deploys.
@@ -46,7 +50,9 @@ class HealthApp(_Server):
                 text = current.read_text() if current.exists() else ""
                 env = app.deploy_dir / "app.env"
                 pool_ok = not env.exists() or "POOL_SIZE=0" not in env.read_text()
-                healthy = "healthy" in text and "unhealthy" not in text and pool_ok
+                upstream = app.deploy_dir / "upstream.url"
+                upstream_ok = not upstream.exists() or _answers(upstream.read_text().strip())
+                healthy = "healthy" in text and "unhealthy" not in text and pool_ok and upstream_ok
                 body = json.dumps({"status": "ok" if healthy else "down", "deployed": text.strip()}).encode()
                 self.send_response(200 if healthy else 503)
                 self.send_header("Content-Type", "application/json")
@@ -70,6 +76,71 @@ class HealthApp(_Server):
     def deploys(self) -> list[str]:
         log = self.deploy_dir / "deploys.log"
         return log.read_text().split() if log.exists() else []
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback test URL
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class Answering(_Server):
+    """A URL that answers GET with `status` and `body` (both settable while it runs): the
+    control URL, an external dependency, a users metric, a log endpoint. `delay` seconds
+    before each answer (the probe bench's slow endpoints). Records the paths asked."""
+
+    def __init__(self, status: int = 200, body: str = "ok", delay: float = 0.0) -> None:
+        self.status, self.body, self.delay = status, body, delay
+        self.asked: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                me: Answering = self.server.owner  # type: ignore[attr-defined]
+                me.asked.append(self.path)
+                if me.delay:
+                    threading.Event().wait(me.delay)
+                body = me.body.encode()
+                self.send_response(me.status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(Handler)
+
+
+class ProbeService(_Server):
+    """An external probe (a status checker somewhere else): `GET /check?url=X` asks X and
+    answers with X's status code (502 when X does not answer)."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                target = (query.get("url") or [""])[0]
+                try:
+                    with urllib.request.urlopen(target, timeout=5) as response:  # noqa: S310 - loopback
+                        status = response.status
+                except urllib.error.HTTPError as exc:
+                    status = exc.code
+                except (urllib.error.URLError, OSError, ValueError):
+                    status = 502
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(Handler)
+
+    @property
+    def check_url(self) -> str:
+        return f"{self.url}/check"
 
 
 class WebhookReceiver(_Server):
