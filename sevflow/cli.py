@@ -135,7 +135,9 @@ def plan(
         else:
             # Plain output, never wrapped: the plan is read and copied exactly.
             typer.echo(shown["text"])
-            typer.echo(f"\nGate {shown['gate']!r} would ask about plan {shown['digest']}.")
+            typer.echo("")
+            for entry in shown.get("plans") or []:
+                typer.echo(f"Gate {entry['gate']!r} would ask about plan {entry['digest']}.")
             typer.echo("Nothing was asked for and nothing was changed.")
         return
     if state.is_completed():

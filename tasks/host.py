@@ -35,7 +35,7 @@ from sevflow.models import ServiceSpec, ShellCommand
 from sevflow.tasks.common import step
 from sevflow.tasks.targets import load_secrets
 
-CommandKind = Literal["build", "deploy", "reload"]
+CommandKind = Literal["build", "deploy", "reload", "cache"]
 
 MASK = "********"
 
