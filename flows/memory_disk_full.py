@@ -41,7 +41,7 @@ PROCEDURE = "memory-disk-full"
 class FreedReport(BaseModel):
     incident_id: str
     host: str
-    freed_bytes: int = Field(description="bytes the deleted files and cleared caches held")
+    freed_bytes: int = Field(default=0, description="bytes the deleted files and cleared caches held")
     deleted_files: list[str] = Field(default_factory=list)
     left_alone: list[str] = Field(default_factory=list)
     killed: list[int] = Field(default_factory=list)
@@ -86,6 +86,7 @@ def free_memory_and_disk(ctx: Procedure, host: str) -> FreedReport:
     facts = identify_cause(spec)
     report_usage(spec, facts, plans.pressure(spec, facts))
     findings = plans.findings(spec, facts)
+    cause = plans.root_cause(spec, facts)
 
     # 2. FREE immediate space, one gate per kind of change; each acts as soon as it is approved.
     report = FreedReport(incident_id=ctx.incident.incident_id, host=spec.host, findings=findings,
@@ -116,7 +117,7 @@ def free_memory_and_disk(ctx: Procedure, host: str) -> FreedReport:
     after = measure_filesystems(spec, "after")
     report.available_after = {f.mount: f.available_bytes for f in after}
     report.declined = list(ctx.declined)
-    return _finish(ctx, report, approved=[p for p in (caches, temp, hog, prevent) if p])
+    return _finish(ctx, report, [p for p in (caches, temp, hog, prevent) if p], cause)
 
 
 def identify_cause(spec: HostSpec) -> HostFacts:
@@ -152,12 +153,13 @@ def plan_kill(host: str, reading: str, first: HostSpec, facts: HostFacts) -> Pla
 
 def plan_prevention(host: str, reading: str) -> Plan | None:
     spec = read_host_target(host, reading)
+    served = deployment_id(plans.MONITORING_DEPLOYMENT)  # not served: stops with what to do
     path = plans.rules_path(spec)
     content = plans.alert_rules(spec) if path else None
     state = existing_prevention(plans.automation_name(spec), path, content, plans.MONITORING_DEPLOYMENT,
                                 plans.cleanup_slug(spec))
-    return plans.prevention_plan(spec, deployment_id(plans.MONITORING_DEPLOYMENT), state.automation,
-                                 state.alert_rules, state.schedule, host_resource(spec.host), PRESSURE_EVENT)
+    return plans.prevention_plan(spec, served, state.automation,
+                                 state.alert_rules, state.schedule, host_resource(spec.block), PRESSURE_EVENT)
 
 
 def _require_this_host(spec: HostSpec) -> None:
@@ -183,7 +185,7 @@ def _prevent(op) -> str:  # noqa: ANN001 - one of the prevention operations
     return f"schedule {op.slug!r} on {op.deployment} ({schedule_cleanup(op)})"
 
 
-def _finish(ctx: Procedure, report: FreedReport, approved: list[Plan]) -> FreedReport:
+def _finish(ctx: Procedure, report: FreedReport, approved: list[Plan], cause: str) -> FreedReport:
     freed = (f"Freed {human_bytes(report.freed_bytes)} ({report.freed_bytes} bytes): {len(report.deleted_files)} "
              f"file(s) deleted" + (f", {len(report.left_alone)} left alone as they changed" if report.left_alone else "")
              + (f"; killed pid {', '.join(map(str, report.killed))}" if report.killed else "") + ".")
@@ -195,10 +197,11 @@ def _finish(ctx: Procedure, report: FreedReport, approved: list[Plan]) -> FreedR
                 for m, b in report.available_after.items())]
     if not approved and report.declined:
         raise ProcedureEnd("rejected", f"Every proposed change was rejected; nothing was changed on {report.host}.",
-                           lines, Cancelled, REJECTED)
+                           [f"Root cause (as found): {cause}", *lines], Cancelled, REJECTED)
     if not approved:
         raise ProcedureEnd("nothing to do", f"Nothing to free or prevent on {report.host}: no old temp files, no "
-                           "cache, no killable leak, monitoring in place.", lines, Completed, NOTHING_TO_DO)
+                           "cache, no killable leak, monitoring in place.", [f"Root cause (as found): {cause}", *lines], Completed,
+                           NOTHING_TO_DO)
     proven = ["Immediate fix applied", "Root cause identified"] + (["Monitoring updated", "Prevention measures planned"] if report.prevention else [])
-    publish_records(ctx.incident, "resolved", lines, proven)
+    publish_records(ctx.incident, "resolved", lines, proven, root_cause=cause)
     return report

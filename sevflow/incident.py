@@ -92,6 +92,7 @@ def publish_records(
     resolution: list[str],
     proven: list[str],
     impact: str | None = None,
+    root_cause: str | None = None,
 ) -> str:
     """Publish the run's timeline (table), post-mortem (markdown, the runbook's template) and
     post-incident checklists as artifacts on the run. Returns the post-mortem markdown."""
@@ -109,6 +110,7 @@ def publish_records(
         ended_at=ended,
         outcome=outcome,
         impact=impact or (incident.reason or None),
+        root_cause=root_cause,
         timeline=timeline,
         resolution=resolution,
         run_url=incident.run_url,

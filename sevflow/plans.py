@@ -339,3 +339,18 @@ def findings(spec: HostSpec, facts: HostFacts) -> list[str]:
     lines += [f"Memory trend: {t.sentence()}" for t in facts.trends
               if t.verdict == "leak" or t.process.pid in facts.killable]
     return lines
+
+
+def root_cause(spec: HostSpec, facts: HostFacts) -> str:
+    """The post-mortem's root cause as far as the facts show it: what is full, what grew, leak or legitimate."""
+    parts = pressure(spec, facts) or ["no filesystem or memory was over its threshold when measured"]
+    for scan in facts.scans:
+        biggest = scan.largest_directories[1:2] or scan.largest_directories[:1]
+        if biggest:
+            parts.append(f"the largest directory under {scan.root} is {biggest[0].path} "
+                         f"({human_bytes(biggest[0].bytes)}); {human_bytes(scan.recent_bytes)} were written there "
+                         f"in the last {spec.growth_window_seconds:g} s")
+    leaks = [t for t in facts.trends if t.verdict == "leak"]
+    parts += [f"memory: {t.sentence()}" for t in leaks] or [
+        "memory: no sampled process grew steadily (legitimate use, not a leak)"]
+    return "; ".join(parts) + ". Fix the underlying issue (the leak, the writer that fills the disk) and record it here."

@@ -10,7 +10,7 @@ the monitor, and the automation turns pressure into a gated SEV-2 run.
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from prefect.client.orchestration import get_client
@@ -25,16 +25,19 @@ PRESSURE_EVENT = "sevflow.host.pressure"
 USAGE_EVENT = "sevflow.host.usage"
 
 
-def host_resource(host: str) -> str:
-    return f"sevflow.host.{host}"
+def host_resource(block: str) -> str:
+    """The event resource of a host target (by block name: one machine may have several)."""
+    return f"sevflow.host.{block}"
 
 
 def deployment_id(name: str) -> str:
     """The id of deployment `flow/deployment`, or a sentence saying it is not served."""
+    from prefect.exceptions import ObjectNotFound
+
     with get_client(sync_client=True) as client:
         try:
             return str(client.read_deployment_by_name(name).id)
-        except Exception as exc:  # ObjectNotFound: the message is the useful part
+        except ObjectNotFound as exc:
             raise ConfigurationError(f"Deployment {name!r} is not registered: start `sevflow serve` on the host "
                                      "first, then run the procedure again.") from exc
 
@@ -73,7 +76,7 @@ def report_usage(spec: HostSpec, facts: HostFacts, pressure: list[str]) -> None:
         "filesystems": {f.mount: f.used_percent for f in facts.filesystems},
         "memory_used_percent": facts.memory.used_percent,
     }
-    resource = {"prefect.resource.id": host_resource(spec.host), "prefect.resource.name": spec.host}
+    resource = {"prefect.resource.id": host_resource(spec.block), "prefect.resource.name": spec.host}
     emit_event(event=USAGE_EVENT, resource=resource, payload=payload)
     if pressure:
         emit_event(event=PRESSURE_EVENT, resource=resource, payload=payload | {"pressure": pressure})
@@ -132,7 +135,9 @@ def schedule_cleanup(op: ScheduleCleanup) -> str:
                 return str(s.id)
         created = client.create_deployment_schedules(
             op.deployment_id,  # type: ignore[arg-type]
-            [(IntervalSchedule(interval=timedelta(seconds=op.interval_seconds)), True)],
+            # Anchored one interval from now: the first check runs then, not at once.
+            [(IntervalSchedule(interval=timedelta(seconds=op.interval_seconds),
+                               anchor_date=datetime.now(timezone.utc) + timedelta(seconds=op.interval_seconds)), True)],
             parameters=op.parameters, slug=op.slug,
         )
     return str(created[0].id)

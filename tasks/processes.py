@@ -45,7 +45,7 @@ def read_process(pid: int, boot: str | None = None) -> ProcessInfo | None:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read().decode(errors="replace")
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            cmdline = " ".join(f.read().replace(b"\0", b" ").decode(errors="replace").split())
         uid = os.stat(f"/proc/{pid}").st_uid
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
