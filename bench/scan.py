@@ -2,7 +2,7 @@
 
     ./dev bench bench/scan.py [--files 1000000] [--dirs 1000] [--rounds 3] [--root /tmp]
 
-On demand only (not a test). Makes a tree of `--files` files (sizes 0 to 12 KiB, spread over
+On demand only (not a test). Makes a tree of `--files` files (one in `--nonempty-every` with 0 to 12 KiB, the rest empty, spread over
 `--dirs` directories two levels deep, some hard links and symlinks) in a fresh folder under
 `--root`, then, after one warm-up pass of each (both read the same warm page and inode
 caches), times `rounds` alternating passes of:
@@ -29,7 +29,7 @@ import time
 from sevflow.tasks.filesystem import scan_tree
 
 
-def make_tree(root: str, files: int, dirs: int) -> None:
+def make_tree(root: str, files: int, dirs: int, nonempty_every: int = 4) -> None:
     per_dir = max(files // dirs, 1)
     top = max(int(dirs ** 0.5), 1)
     payload = os.urandom(12 * 1024)
@@ -42,7 +42,7 @@ def make_tree(root: str, files: int, dirs: int) -> None:
         try:
             for i in range(min(per_dir, files - made)):
                 fd = os.open(f"f{i:05d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dfd)
-                size = (made * 2654435761) % (12 * 1024) if made % 4 else 0
+                size = (made * 2654435761) % (12 * 1024) if made % nonempty_every == 0 else 0
                 if size:
                     os.write(fd, payload[:size])
                 os.close(fd)
@@ -71,13 +71,15 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1_000_000)
     parser.add_argument("--dirs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--root", default=tempfile.gettempdir())
+    parser.add_argument("--root", default=tempfile.gettempdir(),
+                        help="where the tree is made (e.g. a tmpfs, to compare CPU cost without disk reads)")
+    parser.add_argument("--nonempty-every", type=int, default=4, help="one file in N has content (0-12 KiB)")
     args = parser.parse_args()
 
     tree = tempfile.mkdtemp(prefix="sevflow-scan-bench-", dir=args.root)
     try:
         started = time.perf_counter()
-        make_tree(tree, args.files, args.dirs)
+        make_tree(tree, args.files, args.dirs, args.nonempty_every)
         print(f"tree: {args.files} files in {args.dirs} directories under {tree} "
               f"(made in {time.perf_counter() - started:.1f} s)")
         time_du(tree)
