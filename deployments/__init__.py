@@ -15,9 +15,11 @@ def procedures() -> dict[str, Flow[Any, Any]]:
     """Every procedure a person or an alert can start, by flow name."""
     from sevflow.flows.application_rollback import application_rollback
     from sevflow.flows.configuration_rollback import configuration_rollback
+    from sevflow.flows.memory_disk_full import memory_disk_full
     from sevflow.flows.production_system_down import production_system_down
 
-    return {f.name: f for f in (application_rollback, configuration_rollback, production_system_down)}
+    return {f.name: f for f in (application_rollback, configuration_rollback, production_system_down,
+                                memory_disk_full)}
 
 
 def watcher() -> Flow[Any, Any]:

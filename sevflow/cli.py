@@ -169,9 +169,12 @@ def plan(
         else:
             # Plain output, never wrapped: the plan is read and copied exactly.
             typer.echo(shown["text"])
-            if shown["digest"]:  # a step whose plan waits on a person's answer has none yet
-                typer.echo(f"\nGate {shown['gate']!r} would ask about plan {shown['digest']}.")
-                typer.echo("Nothing was asked for and nothing was changed.")
+            typer.echo("")
+            # A step whose plan waits on a person's answer (a hotfix ref) has no digest yet.
+            plans = shown.get("plans") or ([shown] if shown.get("digest") else [])
+            for entry in plans:
+                typer.echo(f"Gate {entry['gate']!r} would ask about plan {entry['digest']}.")
+            typer.echo("Nothing was asked for and nothing was changed.")
         return
     if state.is_completed():
         out.print(state.message or state.name, markup=False)

@@ -100,6 +100,7 @@ def publish_records(
     root_cause_candidates: list[str] | None = None,
     health_after: str | None = None,
     first_alert_at: datetime | None = None,
+    root_cause: str | None = None,
 ) -> str:
     """Publish the run's timeline (table), post-mortem (markdown, the runbook's template) and
     post-incident checklists as artifacts on the run. Returns the post-mortem markdown.
@@ -124,6 +125,7 @@ def publish_records(
         outcome=outcome,
         impact=impact,
         first_alert_at=first_alert_at,
+        root_cause=root_cause,
         timeline=timeline,
         resolution=resolution,
         run_url=incident.run_url,

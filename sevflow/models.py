@@ -8,7 +8,7 @@ import os
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field
 
@@ -163,6 +163,10 @@ ChangeKind = Literal[
     "return-to-previous-version",
     "failover",
     "hotfix-deploy",
+    "clear-caches",
+    "delete-temp-files",
+    "kill-process",
+    "add-monitoring",
 ]
 """Kinds of production change the gate knows; the policy names them. Later procedures
 (failover, credential changes, restores...) add theirs here."""
@@ -209,16 +213,67 @@ class OutageSpec(BaseModel):
         return [f"{name}: {then.get(name)!r} → {now.get(name)!r}" for name in now if now.get(name) != then.get(name)]
 
 
+class CacheCommandSpec(BaseModel):
+    """A command that clears a cache (e.g. `apt-get clean`), and the folder it empties: that
+    folder's size is what the plan says it frees."""
+
+    name: str
+    command: str
+    path: str = Field(description="the folder the command empties (measured for the plan)")
+    timeout_seconds: float = 300.0
+
+
+class HostSpec(BaseModel):
+    """A host target block as a run read it: what a Memory/Disk Full plan is made from."""
+
+    block: str = Field(description="name of the sevflow Host Target block")
+    host: str
+    filesystems: list[str] = Field(default_factory=list)
+    scan_roots: list[str] = Field(default_factory=list)
+    top_n: int = 10
+    growth_window_seconds: float = 86400.0
+    cache_folders: list[str] = Field(default_factory=list)
+    cache_commands: list[CacheCommandSpec] = Field(default_factory=list)
+    temp_allow_list: list[str] = Field(default_factory=list)
+    temp_min_age_seconds: float = 86400.0
+    disk_threshold_percent: float = 90.0
+    memory_threshold_percent: float = 90.0
+    kill_candidates: list[str] = Field(default_factory=list)
+    kill_min_rss_bytes: int = 256 * 1024 * 1024
+    kill_grace_seconds: float = 10.0
+    leak_window_seconds: float = 3.0
+    leak_samples: int = 6
+    leak_min_growth_bytes: int = 1024 * 1024
+    cleanup_interval_seconds: float = 3600.0
+    prometheus_rules_dir: str | None = None
+    reading: str = Field(default="", description="which reading of the run this is; not part of the fingerprint")
+
+    def _fields(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"reading"})
+
+    def fingerprint(self) -> str:
+        return canonical_digest(self._fields())
+
+    def changes_since(self, earlier: HostSpec) -> list[str]:
+        now, then = self._fields(), earlier._fields()
+        return [f"{name}: {then.get(name)!r} → {now.get(name)!r}" for name in now if now.get(name) != then.get(name)]
+
+
 class Precondition(BaseModel):
     """Something that must still hold when the approved plan is carried out."""
 
-    check: Literal["git-head", "target-unchanged", "profile-unchanged"]
+    check: Literal["git-head", "target-unchanged", "profile-unchanged", "host-target-unchanged",
+                   "process-unchanged"]
     description: str
     repository: str = ""
     branch: str = ""
     sha: str = ""
     target: ServiceSpec | None = None
     profile: OutageSpec | None = None
+    host_target: HostSpec | None = None
+    pid: int | None = None
+    start_time: int | None = Field(default=None, description="clock ticks after boot, /proc/<pid>/stat field 22")
+    boot_id: str = ""
 
 
 class GitRestore(BaseModel):
@@ -279,7 +334,98 @@ class FailoverCommand(BaseModel):
     profile_fingerprint: str = Field(description="the block as planned; an edited block stops the command")
 
 
-Operation = GitRestore | ShellCommand | FailoverCommand
+class FileEntry(BaseModel):
+    """One file exactly as it was seen when the plan was made; deleted only if it still is."""
+
+    path: str = Field(description="relative to the operation's root, '/'-separated, no '..'")
+    size: int = Field(description="st_size")
+    freed_bytes: int = Field(description="st_blocks * 512: what deleting it frees (it has one link)")
+    inode: int
+    device: int
+    mtime_ns: int
+
+
+class DeleteFiles(BaseModel):
+    """Delete exactly these regular files under `root` (a cache folder or an allow-listed temp
+    folder): walked from `root` without following any symlink, each file checked (same inode,
+    size, mtime, still old enough) just before it is unlinked; anything else is left alone."""
+
+    op: Literal["delete-files"] = "delete-files"
+    purpose: Literal["cache", "temp"]
+    host: str
+    root: str
+    min_age_seconds: float = 0.0
+    files: list[FileEntry]
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(f.freed_bytes for f in self.files)
+
+
+class CacheCommand(BaseModel):
+    """Run a configured cache-clearing command (bash), exactly as approved."""
+
+    op: Literal["cache-command"] = "cache-command"
+    host: str
+    name: str
+    command: str
+    path: str
+    measured_bytes: int = Field(description="what `path` held when planned: what the command should free")
+    timeout_seconds: float
+    target_fingerprint: str = Field(description="the host block as planned; an edited block stops the command")
+    block: str
+
+
+class KillProcess(BaseModel):
+    """Stop one process: SIGTERM, then SIGKILL after the grace period. Refused unless the PID
+    is still the same process (same start time, same boot)."""
+
+    op: Literal["kill-process"] = "kill-process"
+    host: str
+    pid: int
+    start_time: int = Field(description="clock ticks after boot, /proc/<pid>/stat field 22")
+    boot_id: str
+    command: str
+    rss_bytes: int
+    grace_seconds: float
+
+
+class CreateAutomation(BaseModel):
+    """A Prefect automation: when `event` is seen for `resource_id`, run `deployment_id`."""
+
+    op: Literal["create-automation"] = "create-automation"
+    name: str
+    event: str
+    resource_id: str
+    deployment: str
+    deployment_id: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class WriteAlertRules(BaseModel):
+    """Write a Prometheus alert-rule file (refused if a different file is already there)."""
+
+    op: Literal["write-alert-rules"] = "write-alert-rules"
+    path: str
+    content: str
+
+
+class ScheduleCleanup(BaseModel):
+    """Add a schedule (by slug) to a deployment, with these parameters."""
+
+    op: Literal["schedule-cleanup"] = "schedule-cleanup"
+    deployment: str
+    deployment_id: str
+    slug: str
+    interval_seconds: float
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+Operation = Annotated[
+    Union[GitRestore, ShellCommand, FailoverCommand, DeleteFiles, CacheCommand, KillProcess, CreateAutomation, WriteAlertRules,
+          ScheduleCleanup],
+    Field(discriminator="op"),
+]
 
 
 class Plan(BaseModel):
@@ -290,7 +436,7 @@ class Plan(BaseModel):
     kind: str = Field(description="change kind, as the approval policy names it")
     title: str
     target: str = Field(description="where: service, repository, branch, file")
-    operations: list[GitRestore | ShellCommand | FailoverCommand] = Field(default_factory=list)
+    operations: list[Operation] = Field(default_factory=list)
     preconditions: list[Precondition] = Field(default_factory=list)
     verify: HealthSpec | None = None
     undo: str
@@ -315,20 +461,28 @@ class Plan(BaseModel):
                               "git merge --ff-only <that commit>"]
             elif isinstance(op, FailoverCommand):
                 lines.append(f"(cd {op.cwd} && {op.command})   # fail over from {op.dependency}")
-            else:
+            elif isinstance(op, ShellCommand):
                 env = f"   # with secret env {', '.join(op.secret_env)}" if op.secret_env else ""
                 lines.append(f"(cd {op.cwd} && {op.command}){env}")
+            else:
+                lines += _host_command_lines(op)
         if self.verify:
             lines += [f"curl {url}   # must answer 2xx within {self.verify.budget_seconds:g} s"
                       for url in self.verify.urls]
         return lines
 
-    def operation(self, kind: str) -> GitRestore | ShellCommand | FailoverCommand | None:
-        """The plan's operation of that kind (`git-restore`, `build`, `deploy`, `reload`)."""
+    def operation(self, kind: str) -> Any:
+        """The plan's first operation of that kind (`git-restore`, `build`, `deploy`, `reload`,
+        or any other operation's `op`)."""
         for op in self.operations:
             if (isinstance(op, GitRestore) and kind == "git-restore") or getattr(op, "kind", None) == kind:
                 return op
+            if not isinstance(op, (GitRestore, ShellCommand)) and op.op == kind:
+                return op
         return None
+
+    def operations_of(self, op: str) -> list[Any]:
+        return [o for o in self.operations if o.op == op]
 
     def describe(self) -> str:
         """Markdown for the Resume form and notifications; free text escaped."""
@@ -353,6 +507,47 @@ class Plan(BaseModel):
         if self.details:
             lines += ["", self.details]
         return "\n".join(lines)
+
+
+SHOWN_FILES = 40
+"""How many files of a deletion the plan's text lists; the plan itself (its JSON and digest) holds all."""
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _host_command_lines(op: Any) -> list[str]:
+    if isinstance(op, DeleteFiles):
+        lines = [f"# on {op.host}: delete {len(op.files)} {op.purpose} file(s) under {op.root}, frees "
+                 f"{human_bytes(op.freed_bytes)} ({op.freed_bytes} bytes); each only if still the same inode, "
+                 "size and mtime; no symlink followed"]
+        for f in op.files[:SHOWN_FILES]:
+            lines.append(f"rm -- {os.path.join(op.root, f.path)}   # {f.freed_bytes} bytes, inode {f.inode}")
+        if len(op.files) > SHOWN_FILES:
+            lines.append(f"# ... and {len(op.files) - SHOWN_FILES} more files (all listed in the plan's JSON)")
+        return lines
+    if isinstance(op, CacheCommand):
+        return [f"{op.command}   # on {op.host}: cache {op.name!r}, should free {human_bytes(op.measured_bytes)} "
+                f"({op.measured_bytes} bytes) in {op.path}"]
+    if isinstance(op, KillProcess):
+        return [f"kill -TERM {op.pid}; after {op.grace_seconds:g} s kill -KILL {op.pid}   # on {op.host}: "
+                f"{op.command[:120]!r}, RSS {human_bytes(op.rss_bytes)}, only if it still started at tick "
+                f"{op.start_time} (boot {op.boot_id[:8]})"]
+    if isinstance(op, CreateAutomation):
+        return [f"prefect automation create {op.name!r}: on event {op.event} of {op.resource_id} "
+                f"run {op.deployment} with {json.dumps(op.parameters, sort_keys=True)}"]
+    if isinstance(op, WriteAlertRules):
+        return [f"write {op.path} ({len(op.content.encode())} bytes, Prometheus alert rules; shown below)"]
+    if isinstance(op, ScheduleCleanup):
+        return [f"schedule {op.deployment} every {op.interval_seconds:g} s (slug {op.slug}) with "
+                f"{json.dumps(op.parameters, sort_keys=True)}"]
+    return [repr(op)]
 
 
 Decision = Literal["approve", "reject", "expired"]
@@ -453,3 +648,87 @@ class GateRequest(BaseModel):
     requester: str = Field(default="unknown", description="who asked for the change")
     requester_verified: bool = Field(default=False, description="the requester signed the request")
     signature_max_age_seconds: float = 900.0
+
+
+
+
+# --- Memory/Disk Full: what a host looks like (facts gathered read-only) --------------------
+
+
+class FilesystemUsage(BaseModel):
+    mount: str
+    total_bytes: int
+    used_bytes: int
+    available_bytes: int
+    used_percent: float
+    inodes_used_percent: float = 0.0
+
+
+class SizedPath(BaseModel):
+    path: str
+    bytes: int
+
+
+class TreeScan(BaseModel):
+    """The largest directories (cumulative, like `du -x`) and files under one root, and its
+    recent growth (bytes in files modified within the window)."""
+
+    root: str
+    total_bytes: int
+    files: int
+    directories: int
+    largest_directories: list[SizedPath] = Field(default_factory=list)
+    largest_files: list[SizedPath] = Field(default_factory=list)
+    recent_bytes: int = 0
+    recent_files: list[SizedPath] = Field(default_factory=list)
+    unreadable: int = Field(default=0, description="directories that could not be read")
+
+
+class MemoryUsage(BaseModel):
+    total_bytes: int
+    available_bytes: int
+    used_percent: float
+
+
+class ProcessInfo(BaseModel):
+    pid: int
+    start_time: int = Field(description="clock ticks after boot, /proc/<pid>/stat field 22")
+    boot_id: str
+    command: str
+    rss_bytes: int
+    uid: int
+
+
+class MemoryTrend(BaseModel):
+    """One process's resident memory sampled over a short window: growing (leak?) or steady."""
+
+    process: ProcessInfo
+    samples: list[int] = Field(description="RSS bytes, oldest first")
+    window_seconds: float
+    verdict: Literal["leak", "legitimate", "exited"]
+
+    @property
+    def growth_bytes(self) -> int:
+        return self.samples[-1] - self.samples[0] if self.samples else 0
+
+    def sentence(self) -> str:
+        p = self.process
+        if self.verdict == "exited":
+            return f"pid {p.pid} ({p.command[:80]!r}) exited while it was sampled."
+        grew = f"{human_bytes(self.samples[0])} → {human_bytes(self.samples[-1])} in {self.window_seconds:g} s"
+        if self.verdict == "leak":
+            return (f"pid {p.pid} ({p.command[:80]!r}) keeps growing ({grew}, {len(self.samples)} samples, "
+                    "never shrinking): likely a leak.")
+        return f"pid {p.pid} ({p.command[:80]!r}) is steady ({grew}): legitimate use, not a leak."
+
+
+class HostFacts(BaseModel):
+    """Step 1 of the runbook, IDENTIFY: what is using the space and the memory."""
+
+    host: str
+    filesystems: list[FilesystemUsage] = Field(default_factory=list)
+    scans: list[TreeScan] = Field(default_factory=list)
+    memory: MemoryUsage
+    top_processes: list[ProcessInfo] = Field(default_factory=list)
+    trends: list[MemoryTrend] = Field(default_factory=list)
+    killable: list[int] = Field(default_factory=list, description="pids the block lets be proposed for killing")

@@ -35,7 +35,7 @@ from sevflow.models import FailoverCommand, ServiceSpec, ShellCommand
 from sevflow.tasks.common import step
 from sevflow.tasks.targets import load_secrets
 
-CommandKind = Literal["build", "deploy", "reload", "failover"]
+CommandKind = Literal["build", "deploy", "reload", "failover", "cache"]
 
 MASK = "********"
 

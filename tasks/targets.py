@@ -7,8 +7,9 @@ a command runs, the block is read again and compared: an edit made while a gate 
 
 from __future__ import annotations
 
+from sevflow.blocks.host import HostTarget
 from sevflow.blocks.service import ServiceTarget
-from sevflow.models import OutageSpec, ServiceSpec
+from sevflow.models import HostSpec, OutageSpec, ServiceSpec
 from sevflow.tasks.common import step
 
 
@@ -18,6 +19,22 @@ def read_service_target(service: str, reading: str = "") -> ServiceSpec:
     reading (the kit passes the gate's name), so every replay of the run plans from the same
     reading, and a plan made again after drift reads afresh. Changes nothing."""
     return ServiceTarget.for_service(service).spec(service).model_copy(update={"reading": reading})
+
+
+@step("read the host target", timeline=False)
+def read_host_target(host: str, reading: str = "") -> HostSpec:
+    """The host block `host` as it is now; persisted per run and reading, like
+    `read_service_target`. Changes nothing."""
+    return HostTarget.for_host(host).spec(host).model_copy(update={"reading": reading})
+
+
+def host_target_changes(planned: HostSpec) -> list[str]:
+    """What moved in the host block since `planned` was read (empty when unchanged)."""
+    try:
+        live = HostTarget.load(planned.block)
+    except ValueError:
+        return [f"the host target block {planned.block!r} was deleted"]
+    return live.spec(planned.block).changes_since(planned)  # type: ignore[attr-defined]
 
 
 def target_changes(planned: ServiceSpec) -> list[str]:

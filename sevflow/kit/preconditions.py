@@ -8,7 +8,8 @@ from sevflow.models import IncidentContext, Plan, TimelineEntry, utcnow
 from sevflow.tasks.common import step
 from sevflow.tasks.git import head_drift
 from sevflow.tasks.orchestrator import emit_incident_event, record_timeline
-from sevflow.tasks.targets import profile_changes, target_changes
+from sevflow.tasks.processes import read_process
+from sevflow.tasks.targets import host_target_changes, profile_changes, target_changes
 
 
 @step("check the approved plan still holds", timeline=False)
@@ -31,6 +32,17 @@ def check_preconditions(incident: IncidentContext, gate: str, plan: Plan) -> lis
             changes = profile_changes(pre.profile)
             if changes:
                 moved.append(f"outage profile {pre.profile.block!r} edited: {', '.join(changes)}")
+        elif pre.check == "host-target-unchanged" and pre.host_target is not None:
+            changes = host_target_changes(pre.host_target)
+            if changes:
+                moved.append(f"host target {pre.host_target.block!r} edited: {', '.join(changes)}")
+        elif pre.check == "process-unchanged" and pre.pid is not None:
+            now = read_process(pre.pid)
+            if now is None:
+                moved.append(f"pid {pre.pid} has exited")
+            elif (now.start_time, now.boot_id) != (pre.start_time, pre.boot_id):
+                moved.append(f"pid {pre.pid} is another process now (started at tick {now.start_time}, "
+                             f"not {pre.start_time}): the PID was reused")
     if moved:
         record_timeline(incident, f"{gate}-90-drift", TimelineEntry(
             at=utcnow(), source="sevflow", kind="drift",

@@ -86,17 +86,22 @@ class NothingToDo(ProcedureEnd):
 
 class DryRunEnd(ProcedureEnd):
     """A dry run reached its first gate: the plan is shown, nothing was asked or changed.
-    (Later gates ask about changes that depend on this one being made.)"""
+    (Later gates ask about changes that depend on this one being made.) A procedure of
+    independent changes (`Procedure.offer`) shows every plan: `shown` lists them in order."""
 
     publish = False
 
-    def __init__(self, gate: str, plan: Plan) -> None:
+    def __init__(self, gate: str, plan: Plan, earlier: list[tuple[str, Plan]] | None = None) -> None:
         self.plan = plan
-        message = (f"Dry run: gate {gate!r} would ask for approval of {plan.title!r} (plan {plan.digest}). "
-                   "Nothing was asked for and nothing was changed.")
+        shown = [*(earlier or []), (gate, plan)]
+        self.shown = shown
+        asks = "; ".join(f"gate {g!r} would ask for approval of {p.title!r} (plan {p.digest})" for g, p in shown)
+        message = f"Dry run: {asks}. Nothing was asked for and nothing was changed."
+        entries = [{"gate": g, "digest": p.digest, "plan": p.model_dump(mode="json"), "text": p.describe()}
+                   for g, p in shown]
         super().__init__("dry run", message, [message], Completed, DRY_RUN,
-                         data={"gate": gate, "digest": plan.digest, "plan": plan.model_dump(mode="json"),
-                               "text": plan.describe()})
+                         data={**entries[0], "text": "\n\n---\n\n".join(e["text"] for e in entries),
+                               "plans": entries})
 
 
 class PlanKeptDrifting(ProcedureEnd):
@@ -114,6 +119,10 @@ class Procedure:
     policy: str = "default"
     dry_run: bool = False
     _gates: Counter[str] = field(default_factory=Counter)
+    shown: list[tuple[str, Plan]] = field(default_factory=list)
+    """Dry run: the plans `offer` showed, in order."""
+    declined: list[str] = field(default_factory=list)
+    """What `offer` was told no to, a sentence each (for the paperwork)."""
 
     @property
     def run_key(self) -> str:
@@ -131,13 +140,48 @@ class Procedure:
         valid. `reading` is the gate's name, unique in the run: the planner reads the target
         with it (`read_service_target(service, reading)`), so a plan made again after drift
         gathers every fact afresh. Raises GateClosed, DryRunEnd or PlanKeptDrifting."""
+        plan = self._ask(planner, gate, optional=False)
+        assert plan is not None
+        return plan
+
+    def offer(self, planner: Callable[[str], Plan | None], *, gate: str) -> Plan | None:
+        """Ask for one of several independent changes. Like `approve`, except: a planner that
+        returns None has nothing to ask (no gate opens); a rejection is recorded in
+        `declined` and returns None, so the body goes on to the next change; in a dry run
+        the plan is shown, kept in `shown`, and None is returned (end the body with
+        `raise ctx.dry_run_end()`). An expired gate still ends the procedure."""
+        try:
+            return self._ask(planner, gate, optional=True)
+        except GateClosed as closed:
+            if closed.result.outcome is not GateOutcome.REJECTED:
+                raise
+            self.declined.extend(closed.resolution)
+            return None
+
+    def dry_run_end(self) -> ProcedureEnd:
+        """After a dry run's offers: the end that shows every plan (or says there was none)."""
+        if not self.shown:
+            end = ProcedureEnd("dry run", "Dry run: no change to propose; nothing was changed.",
+                               [], Completed, DRY_RUN, data={"plans": [], "text": "No change to propose."})
+            end.publish = False  # a dry run has no incident to document
+            return end
+        (gate, plan), earlier = self.shown[-1], self.shown[:-1]
+        return DryRunEnd(gate, plan, earlier)
+
+    def _ask(self, planner: Callable[[str], Plan | None], gate: str, optional: bool) -> Plan | None:
         moved: list[str] = []
+        plan: Plan | None = None
         for _attempt in range(MAX_PLANS):
             name = self.gate_name(gate)
             plan = planner(name)
+            if plan is None:
+                return None
             if self.dry_run:
                 show_plan(self.incident, name, plan)
-                raise DryRunEnd(name, plan)
+                if optional:
+                    self.shown.append((name, plan))
+                    return None
+                raise DryRunEnd(name, plan, self.shown)
             result = require_approval(self.incident, plan, gate=name, policy=self.policy)
             if not result.approved:
                 raise GateClosed(result, plan.title)
@@ -147,7 +191,7 @@ class Procedure:
                 return approved
             get_run_logger().warning("Plan %s no longer holds (%s): nothing changed; asking again",
                                      approved.digest[:12], "; ".join(moved))
-        raise PlanKeptDrifting(plan.title, moved)
+        raise PlanKeptDrifting(plan.title if plan else gate, moved)
 
 
 def begin(procedure: str, service: str, severity: Severity, incident_id: str | None, reason: str,
