@@ -15,8 +15,9 @@ def procedures() -> dict[str, Flow[Any, Any]]:
     """Every procedure a person or an alert can start, by flow name."""
     from sevflow.flows.application_rollback import application_rollback
     from sevflow.flows.configuration_rollback import configuration_rollback
+    from sevflow.flows.security_breach import security_breach
 
-    return {f.name: f for f in (application_rollback, configuration_rollback)}
+    return {f.name: f for f in (application_rollback, configuration_rollback, security_breach)}
 
 
 def watcher() -> Flow[Any, Any]:

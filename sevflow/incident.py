@@ -92,6 +92,7 @@ def publish_records(
     resolution: list[str],
     proven: list[str],
     impact: str | None = None,
+    sections: dict[str, str] | None = None,
 ) -> str:
     """Publish the run's timeline (table), post-mortem (markdown, the runbook's template) and
     post-incident checklists as artifacts on the run. Returns the post-mortem markdown."""
@@ -113,6 +114,7 @@ def publish_records(
         resolution=resolution,
         run_url=incident.run_url,
         response_at=next((e.at for e in timeline if e.kind == "approval" and e.source == "approver"), None),
+        sections=sections or {},
     )
     key = _artifact_key(incident.incident_id)
     create_table_artifact(

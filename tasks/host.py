@@ -31,11 +31,11 @@ from pathlib import Path
 
 from sevflow.blocks.service import ServiceTarget
 from sevflow.errors import CommandFailed, ConfigurationError, DriftError
-from sevflow.models import ServiceSpec, ShellCommand
+from sevflow.models import PatchCommand, ServiceSpec, ShellCommand
 from sevflow.tasks.common import step
 from sevflow.tasks.targets import load_secrets
 
-CommandKind = Literal["build", "deploy", "reload"]
+CommandKind = Literal["build", "deploy", "reload", "patch"]
 
 MASK = "********"
 
@@ -110,6 +110,13 @@ def deploy(op: ShellCommand | None, phase: str) -> CommandResult:
 def reload_configuration(op: ShellCommand | None, phase: str) -> CommandResult:
     """Make the running service re-read its configuration: the approved plan's reload command."""
     return _run_approved(_required(op, "reload"), "reload")
+
+
+@step("REMEDIATE: patch vulnerability", mutating=True, milestone="Fix deployed")
+def run_patch(op: PatchCommand) -> CommandResult:
+    """Run the approved patch command (exactly as approved, no secrets in its environment)."""
+    return run_command("patch", op.command, Path(os.path.expanduser(op.cwd)), {}, [], op.timeout_seconds,
+                       service="patch")
 
 
 def _required(op: ShellCommand | None, kind: CommandKind) -> ShellCommand:

@@ -90,13 +90,19 @@ class DryRunEnd(ProcedureEnd):
 
     publish = False
 
-    def __init__(self, gate: str, plan: Plan) -> None:
+    def __init__(self, gate: str, plan: Plan, later: list[tuple[str, Plan]] | None = None) -> None:
         self.plan = plan
-        message = (f"Dry run: gate {gate!r} would ask for approval of {plan.title!r} (plan {plan.digest}). "
-                   "Nothing was asked for and nothing was changed.")
+        later = later or []
+        message = (f"Dry run: gate {gate!r} would ask for approval of {plan.title!r} (plan {plan.digest})"
+                   + "".join(f", then gate {g!r} of {p.title!r} (plan {p.digest})" for g, p in later)
+                   + ". Nothing was asked for and nothing was changed.")
+        text = plan.describe() + "".join(
+            f"\n\n---\n\n**Then gate `{g}` would ask:**\n\n{p.describe()}" for g, p in later)
         super().__init__("dry run", message, [message], Completed, DRY_RUN,
                          data={"gate": gate, "digest": plan.digest, "plan": plan.model_dump(mode="json"),
-                               "text": plan.describe()})
+                               "text": text,
+                               "plans": [{"gate": g, "digest": p.digest, "plan": p.model_dump(mode="json")}
+                                         for g, p in [(gate, plan), *later]]})
 
 
 class PlanKeptDrifting(ProcedureEnd):
@@ -125,6 +131,15 @@ class Procedure:
         self._gates[base] += 1
         n = self._gates[base]
         return base if n == 1 else f"{base}-{n}"
+
+    def preview(self, plans: list[tuple[str, Plan]]) -> None:
+        """Dry run of a procedure whose gates can all be planned from today's facts: show every
+        plan and end (DryRunEnd). Outside a dry run, does nothing."""
+        if not self.dry_run or not plans:
+            return
+        for gate, plan in plans:
+            show_plan(self.incident, gate, plan)
+        raise DryRunEnd(plans[0][0], plans[0][1], plans[1:])
 
     def approve(self, planner: Callable[[str], Plan], *, gate: str) -> Plan:
         """Ask for the plan `planner(reading)` makes, and return it once approved and still
