@@ -300,7 +300,7 @@ class ScopeAssessment(BaseModel):
 
     window_start: datetime | None
     window_end: datetime
-    keys: list[KeyActivity]
+    activity: list[KeyActivity]  # not `keys`: Prefect reads a model with a `keys` attribute as a mapping
     resources_touched: list[str]
     event_counts: dict[str, int]
     source_ips: list[str]

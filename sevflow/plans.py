@@ -323,7 +323,7 @@ def assess_scope(activity: list[KeyActivity], contained_at: datetime, since: dat
     gaps = [f"{a.key.access_key_id}: no {a.source} record ({a.unavailable_reason}); only IAM's last use is known"
             for a in activity if not a.available]
     return ScopeAssessment(
-        window_start=min(starts) if starts else None, window_end=contained_at, keys=activity,
+        window_start=min(starts) if starts else None, window_end=contained_at, activity=activity,
         resources_touched=sorted({r for e in events for r in e.resources}), event_counts=dict(sorted(counts.items())),
         source_ips=sorted({e.source_ip for e in events if e.source_ip}), gaps=gaps,
     )

@@ -326,7 +326,7 @@ def breach_sections(
         f"- **Resources touched:** {', '.join(scope.resources_touched) or 'none recorded'}",
         *[f"- `{name}`: {count}" for name, count in scope.event_counts.items()],
         *[f"- key `{a.key.access_key_id}` ({a.key.user}): last used {a.key.last_used_at or 'never'} "
-          f"{a.key.last_used_service}; {len(a.events)} {a.source} event(s)" for a in scope.keys],
+          f"{a.key.last_used_service}; {len(a.events)} {a.source} event(s)" for a in scope.activity],
         *[f"- **Not known:** {gap}" for gap in scope.gaps],
     ]
     evidence_lines = [
@@ -364,7 +364,7 @@ def breach_sections(
 def access_log_review(scope: Any) -> str:
     """REMEDIATE's access-log review: every recorded use of the compromised keys."""
     lines = [f"# Access-log review\n\nExposure window: {scope.window_text}\n"]
-    for a in scope.keys:
+    for a in scope.activity:
         lines.append(f"## Key `{a.key.access_key_id}` ({a.key.user})\n")
         lines.append(f"Last used: {a.key.last_used_at or 'never'} {a.key.last_used_service} {a.key.last_used_region}\n")
         if not a.available:

@@ -35,8 +35,12 @@ GATES = ("disable-keys", "block-ips", "isolate", "remediate")
 
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    # One line per request (and a traceback per unimplemented call) would drown a failure's output.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
