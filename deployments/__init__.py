@@ -17,9 +17,10 @@ def procedures() -> dict[str, Flow[Any, Any]]:
     from sevflow.flows.configuration_rollback import configuration_rollback
     from sevflow.flows.memory_disk_full import memory_disk_full
     from sevflow.flows.production_system_down import production_system_down
+    from sevflow.flows.security_breach import security_breach
 
     return {f.name: f for f in (application_rollback, configuration_rollback, production_system_down,
-                                memory_disk_full)}
+                                security_breach, memory_disk_full)}
 
 
 def watcher() -> Flow[Any, Any]:

@@ -101,6 +101,7 @@ def publish_records(
     health_after: str | None = None,
     first_alert_at: datetime | None = None,
     root_cause: str | None = None,
+    sections: dict[str, str] | None = None,
 ) -> str:
     """Publish the run's timeline (table), post-mortem (markdown, the runbook's template) and
     post-incident checklists as artifacts on the run. Returns the post-mortem markdown.
@@ -134,6 +135,7 @@ def publish_records(
                           and e.details.get("verdict") in ("counted", "rejected")), None),
         root_cause_candidates=root_cause_candidates or [],
         health_after=health_after,
+        sections=sections or {},
     )
     key = _artifact_key(incident.incident_id)
     create_table_artifact(

@@ -157,6 +157,305 @@ class ServiceSpec(BaseModel):
         return [f"{name}: {then.get(name)!r} → {now.get(name)!r}" for name in now if now.get(name) != then.get(name)]
 
 
+class AwsAccess(BaseModel):
+    """How a step reaches the account: the prefect-aws `AwsCredentials` block (by name) and the
+    region. Never the keys themselves."""
+
+    credentials_block: str
+    region: str
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 30.0
+
+
+class WafIpSetRef(BaseModel):
+    """A WAFv2 IP set sevflow adds suspicious addresses to."""
+
+    name: str
+    id: str
+    scope: Literal["REGIONAL", "CLOUDFRONT"] = "REGIONAL"
+
+
+class AwsAccountSpec(BaseModel):
+    """A `sevflow AWS Account Target` block as read once by a run (it holds no secret: the keys
+    live in the prefect-aws `AwsCredentials` block it names). Plans are made from it."""
+
+    block: str = Field(description="name of the sevflow AWS Account Target block")
+    account: str
+    access: AwsAccess
+    evidence_bucket: str
+    evidence_retention_days: int = 365
+    network_acl_id: str | None = None
+    deny_rule_base: int = 10
+    waf_ip_set: WafIpSetRef | None = None
+    isolation_group_id: str | None = None
+    patch_command: str | None = None
+    patch_cwd: str = "."
+    patch_timeout_seconds: float = 900.0
+    log_groups: list[str] = Field(default_factory=list)
+    notify: list[str] = Field(default_factory=list, description="notification blocks, `block-type-slug/name`")
+    approval_policy: str | None = None
+    reading: str = Field(default="", description="which reading of the run this is; not part of the fingerprint")
+
+    def _fields(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"reading"})
+
+    def fingerprint(self) -> str:
+        return canonical_digest(self._fields())
+
+    def changes_since(self, earlier: AwsAccountSpec) -> list[str]:
+        now, then = self._fields(), earlier._fields()
+        return [f"{name}: {then.get(name)!r} → {now.get(name)!r}" for name in now if now.get(name) != then.get(name)]
+
+
+class AwsProbe(BaseModel):
+    """One piece of AWS state an approved plan assumed, and the value it must still have.
+
+    `value` is a sorted list of strings so it compares exactly: an access key's status
+    (`["Active"]`), a network ACL's entries, a network interface's security groups, an IP
+    set's addresses."""
+
+    kind: Literal["access-key-status", "nacl-entries", "eni-groups", "ip-set-addresses"]
+    subject: str = Field(description="the key id, ACL id, interface id or IP set id")
+    context: dict[str, str] = Field(default_factory=dict, description="user name, IP set name and scope")
+    value: list[str]
+
+
+# --- what the AWS steps read (facts) ------------------------------------------------------
+
+
+class AccessKeyFact(BaseModel):
+    access_key_id: str
+    user: str
+    status: Literal["Active", "Inactive"]
+    created_at: datetime | None = None
+    last_used_at: datetime | None = None
+    last_used_service: str = ""
+    last_used_region: str = ""
+    user_key_count: int = 1
+
+
+class NaclEntryFact(BaseModel):
+    rule_number: int
+    egress: bool
+    action: str
+    cidr: str
+    protocol: str = "-1"
+
+    def line(self) -> str:
+        return f"{'egress' if self.egress else 'ingress'} {self.rule_number} {self.action} {self.protocol} {self.cidr}"
+
+
+class NaclFact(BaseModel):
+    network_acl_id: str
+    entries: list[NaclEntryFact]
+
+    def lines(self) -> list[str]:
+        return sorted(e.line() for e in self.entries)
+
+
+class IpSetFact(BaseModel):
+    ref: WafIpSetRef
+    version: Literal["IPV4", "IPV6"]
+    addresses: list[str]
+
+
+class EniGroups(BaseModel):
+    """A network interface and the security groups it carries (before isolation: to undo)."""
+
+    network_interface_id: str
+    groups: list[str]
+
+
+class InstanceFact(BaseModel):
+    instance_id: str
+    state: str
+    interfaces: list[EniGroups]
+    volumes: list[str]
+
+
+class ActivityEvent(BaseModel):
+    """One thing a credential did, as an audit source (CloudTrail) recorded it."""
+
+    at: datetime
+    event_name: str
+    event_source: str = ""
+    source_ip: str = ""
+    access_key_id: str = ""
+    resources: list[str] = Field(default_factory=list)
+
+
+class KeyActivity(BaseModel):
+    """What one compromised key did: IAM's last-used record and, when an audit source is
+    available, its events in the window."""
+
+    key: AccessKeyFact
+    source: str = Field(description="where the events came from, e.g. cloudtrail")
+    available: bool = True
+    unavailable_reason: str = ""
+    events: list[ActivityEvent] = Field(default_factory=list)
+
+
+class ScopeAssessment(BaseModel):
+    """ASSESS scope: what was accessed, what data may be exposed, how long."""
+
+    window_start: datetime | None
+    window_end: datetime
+    activity: list[KeyActivity]  # not `keys`: Prefect reads a model with a `keys` attribute as a mapping
+    resources_touched: list[str]
+    event_counts: dict[str, int]
+    source_ips: list[str]
+    gaps: list[str] = Field(default_factory=list, description="what could not be assessed, and why")
+
+    @property
+    def window_text(self) -> str:
+        start = self.window_start.isoformat() if self.window_start else "unknown (no record of first use)"
+        return f"{start} → {self.window_end.isoformat()}"
+
+
+class EvidenceObject(BaseModel):
+    key: str
+    sha256: str
+    size: int
+    version_id: str = ""
+    what: str = ""
+    retain_until: datetime = Field(description="locked (compliance mode) until then")
+
+
+class EvidenceRecord(BaseModel):
+    """PRESERVE evidence: what was kept, where, locked until when."""
+
+    bucket: str
+    retain_until: datetime
+    snapshots: dict[str, str] = Field(default_factory=dict, description="volume id → snapshot id")
+    objects: list[EvidenceObject] = Field(default_factory=list)
+    manifest: EvidenceObject | None = None
+
+
+# --- the AWS operations a breach plan is made of ------------------------------------------
+
+
+class DisableAccessKey(BaseModel):
+    """Set one IAM access key Inactive (it stays, so it can be re-enabled or examined)."""
+
+    op: Literal["disable-access-key"] = "disable-access-key"
+    aws: AwsAccess
+    user: str
+    access_key_id: str
+    prior_status: Literal["Active", "Inactive"]
+
+    def lines(self) -> list[str]:
+        return [f"aws iam update-access-key --user-name {self.user} --access-key-id {self.access_key_id} "
+                f"--status Inactive   # was {self.prior_status}"]
+
+    def undo_line(self) -> str:
+        return (f"aws iam update-access-key --user-name {self.user} --access-key-id {self.access_key_id} "
+                f"--status {self.prior_status}")
+
+
+class NaclDeny(BaseModel):
+    rule_number: int
+    cidr: str
+    egress: bool
+
+
+class DenyIps(BaseModel):
+    """Add deny entries to a network ACL, in both directions, at rule numbers free when planned."""
+
+    op: Literal["deny-ips"] = "deny-ips"
+    aws: AwsAccess
+    network_acl_id: str
+    entries: list[NaclDeny]
+    prior_entries: list[str] = Field(description="the ACL's entries before, one line each")
+
+    def lines(self) -> list[str]:
+        return [f"aws ec2 create-network-acl-entry --network-acl-id {self.network_acl_id} --rule-number "
+                f"{e.rule_number} {'--egress' if e.egress else '--ingress'} --rule-action deny --protocol -1 "
+                f"--{'ipv6-cidr-block' if ':' in e.cidr else 'cidr-block'} {e.cidr}" for e in self.entries]
+
+    def undo_line(self) -> str:
+        return "; ".join(f"aws ec2 delete-network-acl-entry --network-acl-id {self.network_acl_id} --rule-number "
+                         f"{e.rule_number} {'--egress' if e.egress else '--ingress'}" for e in self.entries)
+
+
+class WafBlockIps(BaseModel):
+    """Add addresses to a WAFv2 IP set (the web ACL's block rule references it)."""
+
+    op: Literal["waf-block-ips"] = "waf-block-ips"
+    aws: AwsAccess
+    ip_set: WafIpSetRef
+    add: list[str]
+    prior_addresses: list[str]
+
+    def lines(self) -> list[str]:
+        return [f"aws wafv2 update-ip-set --scope {self.ip_set.scope} --name {self.ip_set.name} --id "
+                f"{self.ip_set.id} --addresses {' '.join(sorted({*self.prior_addresses, *self.add}))}"]
+
+    def undo_line(self) -> str:
+        return (f"aws wafv2 update-ip-set --scope {self.ip_set.scope} --name {self.ip_set.name} --id {self.ip_set.id} "
+                f"--addresses {' '.join(self.prior_addresses) or '(none)'}")
+
+
+class IsolateInstance(BaseModel):
+    """Replace the security groups of each of an instance's network interfaces with the
+    isolation group (which allows nothing)."""
+
+    op: Literal["isolate-instance"] = "isolate-instance"
+    aws: AwsAccess
+    instance_id: str
+    isolation_group_id: str
+    interfaces: list[EniGroups] = Field(description="each interface with its groups before")
+
+    def lines(self) -> list[str]:
+        return [f"aws ec2 modify-network-interface-attribute --network-interface-id {i.network_interface_id} "
+                f"--groups {self.isolation_group_id}   # {self.instance_id}, was {' '.join(i.groups)}"
+                for i in self.interfaces]
+
+    def undo_line(self) -> str:
+        return "; ".join(f"aws ec2 modify-network-interface-attribute --network-interface-id "
+                         f"{i.network_interface_id} --groups {' '.join(i.groups)}" for i in self.interfaces)
+
+
+class RotateAccessKey(BaseModel):
+    """Give the key's owner a new key (kept in a prefect-aws AwsCredentials block), confirm it
+    works, and only then delete the old key."""
+
+    op: Literal["rotate-access-key"] = "rotate-access-key"
+    aws: AwsAccess
+    user: str
+    old_access_key_id: str
+    old_status: Literal["Active", "Inactive"]
+    new_credentials_block: str = Field(description="the AwsCredentials block the new key is saved in")
+
+    def lines(self) -> list[str]:
+        return [f"aws iam create-access-key --user-name {self.user}   # saved in AwsCredentials block "
+                f"{self.new_credentials_block!r}, never shown",
+                "aws sts get-caller-identity   # with the new key: must answer as " + self.user,
+                f"aws iam delete-access-key --user-name {self.user} --access-key-id {self.old_access_key_id}   "
+                "# only after the new key answered"]
+
+    def undo_line(self) -> str:
+        return (f"a deleted key cannot be restored: give {self.user} the new key from block "
+                f"{self.new_credentials_block!r}, or create another")
+
+
+class PatchCommand(BaseModel):
+    """The account target's patch command, exactly as approved."""
+
+    op: Literal["patch-command"] = "patch-command"
+    command: str
+    cwd: str
+    timeout_seconds: float
+
+    def lines(self) -> list[str]:
+        return [f"(cd {self.cwd} && {self.command})"]
+
+    def undo_line(self) -> str:
+        return "the patch command's own undo (not known to sevflow)"
+
+
+AwsOperation = DisableAccessKey | DenyIps | WafBlockIps | IsolateInstance | RotateAccessKey | PatchCommand
+
+
 ChangeKind = Literal[
     "application-rollback",
     "configuration-rollback",
@@ -167,6 +466,10 @@ ChangeKind = Literal[
     "delete-temp-files",
     "kill-process",
     "add-monitoring",
+    "disable-credentials",
+    "block-ips",
+    "isolate-hosts",
+    "rotate-credentials",
 ]
 """Kinds of production change the gate knows; the policy names them. Later procedures
 (failover, credential changes, restores...) add theirs here."""
@@ -263,7 +566,7 @@ class Precondition(BaseModel):
     """Something that must still hold when the approved plan is carried out."""
 
     check: Literal["git-head", "target-unchanged", "profile-unchanged", "host-target-unchanged",
-                   "process-unchanged"]
+                   "process-unchanged", "aws-target-unchanged", "aws-state"]
     description: str
     repository: str = ""
     branch: str = ""
@@ -274,6 +577,9 @@ class Precondition(BaseModel):
     pid: int | None = None
     start_time: int | None = Field(default=None, description="clock ticks after boot, /proc/<pid>/stat field 22")
     boot_id: str = ""
+    account: AwsAccountSpec | None = Field(default=None, description="aws-target-unchanged: the block as planned")
+    aws: AwsAccess | None = Field(default=None, description="aws-state: where to look")
+    probe: AwsProbe | None = Field(default=None, description="aws-state: what to read, and what it must still be")
 
 
 class GitRestore(BaseModel):
@@ -423,7 +729,7 @@ class ScheduleCleanup(BaseModel):
 
 Operation = Annotated[
     Union[GitRestore, ShellCommand, FailoverCommand, DeleteFiles, CacheCommand, KillProcess, CreateAutomation, WriteAlertRules,
-          ScheduleCleanup],
+          ScheduleCleanup, DisableAccessKey, DenyIps, WafBlockIps, IsolateInstance, RotateAccessKey, PatchCommand],
     Field(discriminator="op"),
 ]
 
@@ -451,7 +757,9 @@ class Plan(BaseModel):
         """What will run, one line per operation, as a person would type it."""
         lines: list[str] = []
         for op in self.operations:
-            if isinstance(op, GitRestore):
+            if hasattr(op, "lines"):
+                lines += op.lines()
+            elif isinstance(op, GitRestore):
                 if op.path:
                     lines += [f"git checkout {op.source_sha[:12]} -- {op.path}",
                               f"git commit -m {op.subject!r} -- {op.path}   # on {op.expected_head[:12]}"]
@@ -473,15 +781,17 @@ class Plan(BaseModel):
 
     def operation(self, kind: str) -> Any:
         """The plan's first operation of that kind (`git-restore`, `build`, `deploy`, `reload`,
-        or any other operation's `op`)."""
+        or any other operation's `op`, e.g. `patch-command`)."""
         for op in self.operations:
-            if (isinstance(op, GitRestore) and kind == "git-restore") or getattr(op, "kind", None) == kind:
+            if (isinstance(op, GitRestore) and kind == "git-restore") or getattr(op, "kind", None) == kind \
+                    or (hasattr(op, "lines") and op.op == kind):
                 return op
             if not isinstance(op, (GitRestore, ShellCommand)) and op.op == kind:
                 return op
         return None
 
     def operations_of(self, op: str) -> list[Any]:
+        """Every operation of that `op` (`disable-access-key`, `isolate-instance`...), in order."""
         return [o for o in self.operations if o.op == op]
 
     def describe(self) -> str:

@@ -9,6 +9,8 @@ never from the block read again later.
 
 from __future__ import annotations
 
+import ipaddress
+from datetime import datetime
 from typing import Literal
 
 from sevflow import markdown as md
@@ -18,6 +20,21 @@ from sevflow.models import (
     CreateAutomation,
     DeleteFiles,
     FileEntry,
+    AccessKeyFact,
+    AwsAccountSpec,
+    AwsProbe,
+    DenyIps,
+    DisableAccessKey,
+    InstanceFact,
+    IpSetFact,
+    IsolateInstance,
+    KeyActivity,
+    NaclDeny,
+    NaclFact,
+    PatchCommand,
+    RotateAccessKey,
+    ScopeAssessment,
+    WafBlockIps,
     GitRestore,
     OutageSpec,
     HealthSpec,
@@ -409,3 +426,189 @@ def root_cause(spec: HostSpec, facts: HostFacts) -> str:
     parts += [f"memory: {t.sentence()}" for t in leaks] or [
         "memory: no sampled process grew steadily (legitimate use, not a leak)"]
     return "; ".join(parts) + ". Fix the underlying issue (the leak, the writer that fills the disk) and record it here."
+
+
+# --- Security Breach (AWS) ----------------------------------------------------------------
+
+
+def normalise_ips(ips: list[str]) -> list[str]:
+    """Each address or network as a CIDR (`203.0.113.7` → `203.0.113.7/32`), sorted, once each.
+    Raises ValueError naming the first entry that is neither."""
+    out = set()
+    for ip in ips:
+        try:
+            out.add(str(ipaddress.ip_network(ip.strip(), strict=False)))
+        except ValueError as exc:
+            raise ValueError(f"{ip!r} is not an IP address or network") from exc
+    return sorted(out)
+
+
+def aws_target_unchanged(spec: AwsAccountSpec) -> Precondition:
+    return Precondition(check="aws-target-unchanged", account=spec.model_copy(update={"reading": ""}),
+                        description=f"the AWS account target block {spec.block!r} is unchanged "
+                        f"(fingerprint {spec.fingerprint()[:12]})")
+
+
+def _still(spec: AwsAccountSpec, probe: AwsProbe, description: str) -> Precondition:
+    return Precondition(check="aws-state", aws=spec.access, probe=probe, description=description)
+
+
+def disable_keys_plan(spec: AwsAccountSpec, keys: list[AccessKeyFact]) -> Plan:
+    """Set every still-active compromised key Inactive (kept, so it can be examined or re-enabled)."""
+    active = [k for k in keys if k.status == "Active"]
+    ops = [DisableAccessKey(aws=spec.access, user=k.user, access_key_id=k.access_key_id, prior_status=k.status)
+           for k in active]
+    return Plan(
+        kind="disable-credentials",
+        title=f"Disable {len(ops)} compromised access key(s) in {spec.account}: "
+        + ", ".join(f"{k.access_key_id} ({k.user})" for k in active),
+        target=f"AWS account {spec.account} ({spec.access.region}), IAM",
+        operations=ops,
+        preconditions=[aws_target_unchanged(spec), *[
+            _still(spec, AwsProbe(kind="access-key-status", subject=k.access_key_id, context={"user": k.user},
+                                  value=[k.status]), f"access key {k.access_key_id} of {k.user} is still {k.status}")
+            for k in active]],
+        undo="; ".join(op.undo_line() for op in ops),
+        details="\n".join(["**Prior state:**", ""] + [
+            f"- {md.code(k.access_key_id)} of {md.code(k.user)}: {k.status}, created {k.created_at or '?'}, "
+            f"last used {k.last_used_at or 'never'} {md.escape(k.last_used_service)} {md.escape(k.last_used_region)}"
+            for k in keys]),
+    )
+
+
+def free_rule_numbers(taken: set[int], base: int, count: int) -> list[int]:
+    """The `count` lowest rule numbers from `base` that no entry uses (NACL numbers end at 32766)."""
+    found, n = [], base
+    while len(found) < count:
+        if n > 32766:
+            raise ValueError(f"no {count} free network ACL rule numbers from {base}")
+        if n not in taken:
+            found.append(n)
+        n += 1
+    return found
+
+
+def block_ips_plan(spec: AwsAccountSpec, cidrs: list[str], acl: NaclFact | None, ip_set: IpSetFact | None) -> Plan:
+    """Deny each suspicious network in the ACL, both directions, at free rule numbers from the
+    block's base (below the allow rules, so the deny wins); add them to the WAF IP set if one is set."""
+    ops: list[DenyIps | WafBlockIps] = []
+    pre = [aws_target_unchanged(spec)]
+    notes: list[str] = []
+    if acl is not None:
+        want = [(cidr, egress) for cidr in cidrs for egress in (False, True)
+                if not any(e.action == "deny" and e.cidr == cidr and e.egress == egress for e in acl.entries)]
+        entries = []
+        for egress in (False, True):
+            mine = [c for c, e in want if e == egress]
+            numbers = free_rule_numbers({e.rule_number for e in acl.entries if e.egress == egress}, spec.deny_rule_base,
+                                        len(mine))
+            entries += [NaclDeny(rule_number=n, cidr=c, egress=egress) for n, c in zip(numbers, mine)]
+            allows = [e.rule_number for e in acl.entries if e.egress == egress and e.action == "allow"]
+            if mine and allows and min(allows) < max(numbers):
+                notes.append(f"an {'egress' if egress else 'ingress'} allow rule ({min(allows)}) comes before a deny "
+                             f"({max(numbers)}): lower `deny_rule_base` so the deny wins")
+        if entries:
+            ops.append(DenyIps(aws=spec.access, network_acl_id=acl.network_acl_id, entries=entries,
+                               prior_entries=acl.lines()))
+            pre.append(_still(spec, AwsProbe(kind="nacl-entries", subject=acl.network_acl_id, value=acl.lines()),
+                              f"network ACL {acl.network_acl_id} still has exactly the entries it had when planned"))
+    if ip_set is not None:
+        version = 6 if ip_set.version == "IPV6" else 4
+        add = [c for c in cidrs if ipaddress.ip_network(c).version == version and c not in ip_set.addresses]
+        if add:
+            ops.append(WafBlockIps(aws=spec.access, ip_set=ip_set.ref, add=add, prior_addresses=ip_set.addresses))
+            pre.append(_still(spec, AwsProbe(kind="ip-set-addresses", subject=ip_set.ref.id,
+                                             context={"name": ip_set.ref.name, "scope": ip_set.ref.scope},
+                                             value=ip_set.addresses),
+                              f"WAF IP set {ip_set.ref.name} still holds exactly {len(ip_set.addresses)} address(es)"))
+    return Plan(
+        kind="block-ips",
+        title=f"Block {len(cidrs)} suspicious IP(s) in {spec.account}: {', '.join(cidrs)}",
+        target=f"AWS account {spec.account} ({spec.access.region}), network ACL {spec.network_acl_id or '-'}"
+        + (f", WAF IP set {spec.waf_ip_set.name}" if spec.waf_ip_set else ""),
+        operations=ops,
+        preconditions=pre,
+        undo="; ".join(op.undo_line() for op in ops),
+        details="\n".join([
+            "**Prior state:**", "",
+            *([f"- network ACL {md.code(acl.network_acl_id)}:", md.fence("\n".join(acl.lines()))] if acl else []),
+            *([f"- WAF IP set {md.code(ip_set.ref.name)}: {', '.join(ip_set.addresses) or '(empty)'}"] if ip_set else []),
+            *[f"- **Warning:** {md.escape(n)}" for n in notes],
+        ]),
+    )
+
+
+def isolate_plan(spec: AwsAccountSpec, instances: list[InstanceFact]) -> Plan:
+    """Every network interface of each affected instance gets only the isolation group."""
+    assert spec.isolation_group_id is not None
+    group = spec.isolation_group_id
+    todo = [i for i in instances if any(e.groups != [group] for e in i.interfaces)]
+    ops = [IsolateInstance(aws=spec.access, instance_id=i.instance_id, isolation_group_id=group,
+                           interfaces=[e for e in i.interfaces if e.groups != [group]]) for i in todo]
+    return Plan(
+        kind="isolate-hosts",
+        title=f"Isolate {len(ops)} instance(s) in {spec.account} with {group}: "
+        + ", ".join(i.instance_id for i in todo),
+        target=f"AWS account {spec.account} ({spec.access.region}), EC2",
+        operations=ops,
+        preconditions=[aws_target_unchanged(spec), *[
+            _still(spec, AwsProbe(kind="eni-groups", subject=e.network_interface_id, value=sorted(e.groups)),
+                   f"interface {e.network_interface_id} of {op.instance_id} still has {', '.join(e.groups)}")
+            for op in ops for e in op.interfaces]],
+        undo="; ".join(op.undo_line() for op in ops),
+        details="\n".join(["**Prior state:**", ""] + [
+            f"- {md.code(i.instance_id)} ({i.state}): " + "; ".join(
+                f"{e.network_interface_id}: {', '.join(e.groups)}" for e in i.interfaces)
+            + f"; volumes {', '.join(i.volumes) or 'none'}" for i in instances]),
+    )
+
+
+def remediate_plan(spec: AwsAccountSpec, keys: list[AccessKeyFact], run_key: str) -> Plan:
+    """Rotate every compromised key (new key first, confirmed, then the old one deleted), then
+    run the account's patch command."""
+    ops: list[RotateAccessKey | PatchCommand] = [
+        RotateAccessKey(aws=spec.access, user=k.user, old_access_key_id=k.access_key_id, old_status=k.status,
+                        new_credentials_block=f"rotated-{k.user.lower()}-{run_key[:8]}".replace("_", "-").replace(".", "-"))
+        for k in keys
+    ]
+    if spec.patch_command:
+        ops.append(PatchCommand(command=spec.patch_command, cwd=spec.patch_cwd, timeout_seconds=spec.patch_timeout_seconds))
+    full = [k.user for k in keys if k.user_key_count >= 2]
+    return Plan(
+        kind="rotate-credentials",
+        title=f"Rotate {len(keys)} compromised key(s) in {spec.account}"
+        + (" and run the patch command" if spec.patch_command else ""),
+        target=f"AWS account {spec.account} ({spec.access.region}), IAM" + (f"; patch in {spec.patch_cwd}" if spec.patch_command else ""),
+        operations=ops,
+        preconditions=[aws_target_unchanged(spec), *[
+            _still(spec, AwsProbe(kind="access-key-status", subject=k.access_key_id, context={"user": k.user},
+                                  value=[k.status]), f"access key {k.access_key_id} of {k.user} is still {k.status}")
+            for k in keys]],
+        undo="; ".join(op.undo_line() for op in ops),
+        details="\n".join([
+            "The old keys are deleted only after each new key answered `sts get-caller-identity` as its owner. "
+            "The new keys are saved in AwsCredentials blocks (named above); they are never shown or logged.",
+            *[f"- **Warning:** {md.code(u)} already has two keys: IAM allows two, so the rotation will fail "
+              "until one is removed" for u in full],
+        ]),
+    )
+
+
+def assess_scope(activity: list[KeyActivity], contained_at: datetime, since: datetime | None) -> ScopeAssessment:
+    """What was accessed, which resources, from where, and for how long (from the first sign
+    of use to containment). Says plainly what could not be known."""
+    events = [e for a in activity for e in a.events]
+    starts = [e.at for e in events] + [a.key.last_used_at for a in activity if a.key.last_used_at]
+    if since is not None:
+        starts.append(since)
+    counts: dict[str, int] = {}
+    for e in events:
+        name = f"{e.event_source}:{e.event_name}" if e.event_source else e.event_name
+        counts[name] = counts.get(name, 0) + 1
+    gaps = [f"{a.key.access_key_id}: no {a.source} record ({a.unavailable_reason}); only IAM's last use is known"
+            for a in activity if not a.available]
+    return ScopeAssessment(
+        window_start=min(starts) if starts else None, window_end=contained_at, activity=activity,
+        resources_touched=sorted({r for e in events for r in e.resources}), event_counts=dict(sorted(counts.items())),
+        source_ips=sorted({e.source_ip for e in events if e.source_ip}), gaps=gaps,
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -75,6 +76,11 @@ class PostmortemFacts(BaseModel):
         default_factory=list, description="what the run's facts point at (commits undone, files restored)")
     health_before: str | None = None
     health_after: str | None = None
+    sections: dict[str, str] = Field(
+        default_factory=dict,
+        description="further sections a procedure adds after the template's (title → markdown), e.g. "
+        "the security breach's actions taken, legal and compliance, lessons learned",
+    )
 
 
 def timeline_table(entries: list[TimelineEntry]) -> list[dict[str, str]]:
@@ -111,6 +117,8 @@ def render_postmortem(facts: PostmortemFacts) -> str:
         "## Action Items",
         *_action_items(facts.action_items),
     ]
+    for title, body in facts.sections.items():
+        lines += ["", f"## {title}", body]
     return "\n".join(lines) + "\n"
 
 
@@ -303,3 +311,84 @@ def _utc(at: datetime) -> datetime:
     if at.tzinfo is None:
         return at.replace(tzinfo=timezone.utc)
     return at.astimezone(timezone.utc)
+
+
+# --- Security Breach: what the record says beyond the template -----------------------------
+
+
+def breach_alert(incident_id: str, account: str, severity: Severity, stage: str, known: list[str]) -> tuple[str, str]:
+    """Subject and body of a breach alert to humans: what is known so far, in plain lines."""
+    subject = f"[{severity.value}] SECURITY BREACH in AWS account {account} (incident {incident_id}): {stage}"
+    return subject, "\n".join([subject, "", *known])
+
+
+def breach_sections(
+    plans: dict[str, Any], evidence: Any, scope: Any, rotations: list[dict[str, str]], opened_at: datetime,
+) -> dict[str, str]:
+    """The security breach's own sections of the post-mortem: actions taken with the prior
+    state of each (and how to undo it), the scope, the evidence, legal and compliance, and
+    lessons learned (fields for people)."""
+    actions: list[str] = []
+    for gate, plan in plans.items():
+        actions += [f"- **{gate}** (plan `{plan.digest[:12]}`): {plan.title}"]
+        actions += [f"  - `{line}`" for line in plan.command_lines()]
+        actions += [f"  - undo: {plan.undo}"]
+        if plan.details:
+            actions += ["  " + line for line in plan.details.splitlines() if line.strip()]
+    actions += [f"- new key `{r['new']}` for `{r['user']}` (saved in AwsCredentials block `{r['block']}`); old key "
+                f"`{r['old']}` deleted after the new one answered" for r in rotations]
+    scope_lines = [
+        f"- **Exposure window:** {scope.window_text}",
+        f"- **Source IPs seen:** {', '.join(scope.source_ips) or 'none recorded'}",
+        f"- **Resources touched:** {', '.join(scope.resources_touched) or 'none recorded'}",
+        *[f"- `{name}`: {count}" for name, count in scope.event_counts.items()],
+        *[f"- key `{a.key.access_key_id}` ({a.key.user}): last used {a.key.last_used_at or 'never'} "
+          f"{a.key.last_used_service}; {len(a.events)} {a.source} event(s)" for a in scope.activity],
+        *[f"- **Not known:** {gap}" for gap in scope.gaps],
+    ]
+    evidence_lines = [
+        f"- bucket `{evidence.bucket}`, Object Lock compliance mode until {evidence.retain_until.isoformat()}",
+        *[f"- `{o.key}` sha256 `{o.sha256}` ({o.size} bytes): {o.what}" for o in evidence.objects],
+        *([f"- manifest `{evidence.manifest.key}` sha256 `{evidence.manifest.sha256}`"] if evidence.manifest else []),
+        *[f"- snapshot `{snap}` of volume `{vol}`" for vol, snap in evidence.snapshots.items()],
+    ]
+    deadline = opened_at + timedelta(hours=72)
+    legal = [
+        f"- **Aware since:** {opened_at.isoformat()} (this run's start)",
+        f"- **Regulatory clocks to check with legal:** e.g. GDPR Art. 33, 72 h from awareness → "
+        f"{deadline.isoformat()}; contracts and sector rules may be shorter",
+        f"- **Data possibly exposed:** {', '.join(scope.resources_touched) or 'no resource recorded as touched'}"
+        + ("; the record is incomplete (see Not known)" if scope.gaps else ""),
+        f"- **Evidence:** kept unaltered in `{evidence.bucket}` (chain of custody: manifest sha256 "
+        f"`{evidence.manifest.sha256 if evidence.manifest else '-'}`)",
+        "- **Decision on notifying authorities and affected people:** _to be filled in by legal_",
+    ]
+    lessons = [
+        "- **What went well:** _to fill in_",
+        "- **What went wrong:** _to fill in_",
+        "- **How the credentials were compromised:** _to fill in_",
+        "- **What would have detected it sooner:** _to fill in_",
+    ]
+    return {
+        "Actions Taken (with prior state)": "\n".join(actions) or "_none_",
+        "Scope": "\n".join(scope_lines),
+        "Evidence": "\n".join(evidence_lines),
+        "Legal and Compliance": "\n".join(legal),
+        "Lessons Learned": "\n".join(lessons),
+    }
+
+
+def access_log_review(scope: Any) -> str:
+    """REMEDIATE's access-log review: every recorded use of the compromised keys."""
+    lines = [f"# Access-log review\n\nExposure window: {scope.window_text}\n"]
+    for a in scope.activity:
+        lines.append(f"## Key `{a.key.access_key_id}` ({a.key.user})\n")
+        lines.append(f"Last used: {a.key.last_used_at or 'never'} {a.key.last_used_service} {a.key.last_used_region}\n")
+        if not a.available:
+            lines.append(f"**No {a.source} record:** {a.unavailable_reason}. Review the service's own access logs by hand.\n")
+            continue
+        lines.append("| time (UTC) | event | source IP | resources |\n|---|---|---|---|")
+        lines += [f"| {e.at.isoformat()} | {e.event_source} {e.event_name} | {e.source_ip} | {', '.join(e.resources)} |"
+                  for e in a.events] or ["| - | no events recorded | | |"]
+        lines.append("")
+    return "\n".join(lines)

@@ -20,8 +20,9 @@ def ensure_defaults() -> None:
     current user) approve any change, one approval each. Edit it in the UI before production.
     """
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect_aws import AwsCredentials  # the security-breach procedure's AWS keys
 
-    for block_type in (*ALL_BLOCK_TYPES, CustomWebhookNotificationBlock):
+    for block_type in (*ALL_BLOCK_TYPES, CustomWebhookNotificationBlock, AwsCredentials):
         block_type.register_type_and_schema()
     try:
         ApprovalPolicy.load("default")

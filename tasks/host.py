@@ -31,11 +31,11 @@ from pathlib import Path
 
 from sevflow.blocks.service import ServiceTarget
 from sevflow.errors import CommandFailed, ConfigurationError, DriftError
-from sevflow.models import FailoverCommand, ServiceSpec, ShellCommand
+from sevflow.models import FailoverCommand, PatchCommand, ServiceSpec, ShellCommand
 from sevflow.tasks.common import step
 from sevflow.tasks.targets import load_secrets
 
-CommandKind = Literal["build", "deploy", "reload", "failover", "cache"]
+CommandKind = Literal["build", "deploy", "reload", "failover", "cache", "patch"]
 
 MASK = "********"
 
@@ -129,6 +129,13 @@ def fail_over(op: FailoverCommand, phase: str) -> CommandResult:
         )
     return run_command("failover", op.command, Path(op.cwd), {}, live.secret_values(), op.timeout_seconds,  # type: ignore[attr-defined]
                        op.service)
+
+
+@step("REMEDIATE: patch vulnerability", mutating=True, milestone="Fix deployed")
+def run_patch(op: PatchCommand) -> CommandResult:
+    """Run the approved patch command (exactly as approved, no secrets in its environment)."""
+    return run_command("patch", op.command, Path(os.path.expanduser(op.cwd)), {}, [], op.timeout_seconds,
+                       service="patch")
 
 
 def _required(op: ShellCommand | None, kind: CommandKind) -> ShellCommand:

@@ -13,6 +13,7 @@ from prefect.logging import get_logger
 
 from sevflow.errors import ConfigurationError
 from sevflow.models import GateRequest
+from sevflow.tasks.common import step
 
 log = get_logger("sevflow.notify")
 
@@ -68,3 +69,16 @@ def send(block_slug: str, subject: str, body: str) -> None:
     # Secret values live in the block; the logged line names only the block.
     log.info("Notifying %s: %s", block_slug, subject)
     block.notify(body=body, subject=subject)
+
+
+@step("NOTIFY: alert humans")
+def alert_humans(incident_id: str, blocks: list[str], subject: str, body: str) -> list[str]:
+    """Send `subject` and `body` through each notification block at once. Returns the blocks
+    told. With none configured it says so loudly (the run's log and the timeline) and sends nothing."""
+    if not blocks:
+        log.warning("Incident %s: no notification block is configured for this alert; nobody was told. "
+                    "Set `notify` on the target block.", incident_id)
+        return []
+    for block in blocks:
+        send(block, subject, body)
+    return list(blocks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect.artifacts import create_markdown_artifact
 
 from sevflow.models import IncidentContext, Plan, TimelineEntry, utcnow
+from sevflow.tasks.aws import aws_drift, aws_target_changes
 from sevflow.tasks.common import step
 from sevflow.tasks.git import head_drift
 from sevflow.tasks.orchestrator import emit_incident_event, record_timeline
@@ -43,6 +44,14 @@ def check_preconditions(incident: IncidentContext, gate: str, plan: Plan) -> lis
             elif (now.start_time, now.boot_id) != (pre.start_time, pre.boot_id):
                 moved.append(f"pid {pre.pid} is another process now (started at tick {now.start_time}, "
                              f"not {pre.start_time}): the PID was reused")
+        elif pre.check == "aws-target-unchanged" and pre.account is not None:
+            changes = aws_target_changes(pre.account)
+            if changes:
+                moved.append(f"AWS account target {pre.account.block!r} edited: {', '.join(changes)}")
+        elif pre.check == "aws-state" and pre.aws is not None and pre.probe is not None:
+            drift = aws_drift(pre.aws, pre.probe)
+            if drift:
+                moved.append(drift)
     if moved:
         record_timeline(incident, f"{gate}-90-drift", TimelineEntry(
             at=utcnow(), source="sevflow", kind="drift",

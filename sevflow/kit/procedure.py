@@ -135,6 +135,15 @@ class Procedure:
         n = self._gates[base]
         return base if n == 1 else f"{base}-{n}"
 
+    def preview(self, plans: list[tuple[str, Plan]]) -> None:
+        """Dry run of a procedure whose gates can all be planned from today's facts: show every
+        plan and end (DryRunEnd). Outside a dry run, does nothing."""
+        if not self.dry_run or not plans:
+            return
+        for gate, plan in plans:
+            show_plan(self.incident, gate, plan)
+        raise DryRunEnd(plans[-1][0], plans[-1][1], plans[:-1])
+
     def approve(self, planner: Callable[[str], Plan], *, gate: str) -> Plan:
         """Ask for the plan `planner(reading)` makes, and return it once approved and still
         valid. `reading` is the gate's name, unique in the run: the planner reads the target
