@@ -68,3 +68,17 @@ def send(block_slug: str, subject: str, body: str) -> None:
     # Secret values live in the block; the logged line names only the block.
     log.info("Notifying %s: %s", block_slug, subject)
     block.notify(body=body, subject=subject)
+
+
+from sevflow.tasks.common import step  # noqa: E402  (steps below; the helpers above are plain)
+
+
+@step("COMMUNICATE", mutating=True)
+def communicate(block_slug: str | None, subject: str, body: str) -> bool:
+    """Tell the affected people through the notification block `block_slug` (none: logged only).
+    Returns whether a notification was sent."""
+    if not block_slug:
+        log.warning("No notification block configured; not sent: %s", subject)
+        return False
+    send(block_slug, subject, body)
+    return True

@@ -8,7 +8,8 @@ from sevflow.models import IncidentContext, Plan, TimelineEntry, utcnow
 from sevflow.tasks.common import step
 from sevflow.tasks.git import head_drift
 from sevflow.tasks.orchestrator import emit_incident_event, record_timeline
-from sevflow.tasks.targets import target_changes
+from sevflow.tasks.postgres import databases_missing
+from sevflow.tasks.targets import database_target_changes, target_changes
 
 
 @step("check the approved plan still holds", timeline=False)
@@ -27,6 +28,14 @@ def check_preconditions(incident: IncidentContext, gate: str, plan: Plan) -> lis
             changes = target_changes(pre.target)
             if changes:
                 moved.append(f"service target {pre.target.block!r} edited: {', '.join(changes)}")
+        elif pre.check == "database-target-unchanged" and pre.database is not None:
+            changes = database_target_changes(pre.database)
+            if changes:
+                moved.append(f"database target {pre.database.block!r} edited: {', '.join(changes)}")
+        elif pre.check == "databases-present" and pre.database is not None:
+            missing = databases_missing(pre)
+            if missing:
+                moved.append(f"database(s) {', '.join(missing)} no longer exist")
     if moved:
         record_timeline(incident, f"{gate}-90-drift", TimelineEntry(
             at=utcnow(), source="sevflow", kind="drift",
