@@ -15,8 +15,10 @@ def procedures() -> dict[str, Flow[Any, Any]]:
     """Every procedure a person or an alert can start, by flow name."""
     from sevflow.flows.application_rollback import application_rollback
     from sevflow.flows.configuration_rollback import configuration_rollback
+    from sevflow.flows.data_corruption import data_corruption
+    from sevflow.flows.database_rollback import database_rollback
 
-    return {f.name: f for f in (application_rollback, configuration_rollback)}
+    return {f.name: f for f in (application_rollback, configuration_rollback, data_corruption, database_rollback)}
 
 
 def watcher() -> Flow[Any, Any]:

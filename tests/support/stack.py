@@ -122,7 +122,8 @@ class Worker(_Child):
     def wait_ready(self, api_url: str, timeout: float = 120.0) -> None:
         """Until every sevflow deployment is registered by this worker."""
         deadline = time.monotonic() + timeout
-        names = ("application-rollback", "configuration-rollback", "approval-escalation")
+        names = ("application-rollback", "configuration-rollback", "data-corruption", "database-rollback",
+                 "approval-escalation")
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
