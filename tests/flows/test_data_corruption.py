@@ -290,7 +290,6 @@ def test_a_rejected_swap_leaves_the_live_data_and_allows_writes_once_a_person_sa
 
 def test_a_writer_cannot_turn_read_only_off_and_a_rejected_restore_changes_no_data(corrupted, worker) -> None:
     db, _, _ = corrupted
-    before = db.world()
     writer = pg(db.name, user=db.role)  # the application, connected before writes stop
     writer.execute("INSERT INTO orders (customer, amount) VALUES ('before-stop', 1) RETURNING id")
     before = db.world()
