@@ -15,12 +15,14 @@ def procedures() -> dict[str, Flow[Any, Any]]:
     """Every procedure a person or an alert can start, by flow name."""
     from sevflow.flows.application_rollback import application_rollback
     from sevflow.flows.configuration_rollback import configuration_rollback
+    from sevflow.flows.data_corruption import data_corruption
+    from sevflow.flows.database_rollback import database_rollback
     from sevflow.flows.memory_disk_full import memory_disk_full
     from sevflow.flows.production_system_down import production_system_down
     from sevflow.flows.security_breach import security_breach
 
     return {f.name: f for f in (application_rollback, configuration_rollback, production_system_down,
-                                security_breach, memory_disk_full)}
+                                security_breach, data_corruption, database_rollback, memory_disk_full)}
 
 
 def watcher() -> Flow[Any, Any]:

@@ -7,6 +7,9 @@
     │   │                      missing repository, missing file); nothing was changed
     │   └── DriftError             what the approved plan assumed no longer holds (HEAD
     │                              moved, block edited); nothing was changed
+    │   └── BackupIntegrityError   a backup's checksum or table of contents did not check
+    │                              out; nothing was restored
+    ├── DatabaseError          a statement, pg_dump or pg_restore failed (the message says which)
     ├── CommandFailed          a build, deploy or reload command exited non-zero
     ├── VerificationFailed     health checks did not pass inside their time budget
     ├── ApprovalError          the gate could not be asked or answered
@@ -41,6 +44,15 @@ class PreflightError(SevflowError):
 
 class DriftError(PreflightError):
     """A precondition of the approved plan no longer holds; the step changed nothing."""
+
+
+class BackupIntegrityError(PreflightError):
+    """A backup's sha256 differs from the one recorded with it, none was recorded, or its
+    table of contents cannot be read: it is refused before anything is restored."""
+
+
+class DatabaseError(SevflowError):
+    """A SQL statement, pg_dump or pg_restore failed; what it changed is in the message."""
 
 
 class CommandFailed(SevflowError):

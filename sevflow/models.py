@@ -470,6 +470,11 @@ ChangeKind = Literal[
     "block-ips",
     "isolate-hosts",
     "rotate-credentials",
+    "stop-writes",
+    "restore-to-scratch",
+    "swap-database",
+    "allow-writes",
+    "migration-rollback",
 ]
 """Kinds of production change the gate knows; the policy names them. Later procedures
 (failover, credential changes, restores...) add theirs here."""
@@ -562,11 +567,250 @@ class HostSpec(BaseModel):
         return [f"{name}: {then.get(name)!r} → {now.get(name)!r}" for name in now if now.get(name) != then.get(name)]
 
 
+class IntegrityCheck(BaseModel):
+    """A query that returns the bad rows of one table (no rows: the check passes)."""
+
+    name: str
+    table: str = Field(description="the table the bad rows are in, schema-qualified if not public")
+    sql: str = Field(description="SELECT returning the bad rows; read-only")
+
+
+class DatabaseSpec(BaseModel):
+    """A database target block as a run read it: every field but the DSN's secret (the server is
+    shown without its password). Plans are made from it; its fingerprint notices edits."""
+
+    block: str = Field(description="name of the sevflow Database Target block")
+    service: str
+    server: str = Field(description="host:port/maintenance-database, no credentials")
+    database: str = Field(description="the live database")
+    app_roles: list[str] = Field(default_factory=list)
+    integrity_checks: list[IntegrityCheck] = Field(default_factory=list)
+    timestamp_columns: dict[str, str] = Field(default_factory=dict)
+    s3_bucket_block: str | None = None
+    backup_prefix: str = ""
+    local_backup_dir: str | None = None
+    restore_jobs: int = 2
+    migration_tool: str | None = None
+    migration_status_command: str | None = None
+    migration_rollback_command: str | None = None
+    migration_cwd: str | None = None
+    command_timeout_seconds: float = 3600.0
+    notification_block: str | None = None
+    approval_policy: str | None = None
+    reading: str = Field(default="", description="which reading of the run this is; not part of the fingerprint")
+
+    def _fields(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"reading"})
+
+    def fingerprint(self) -> str:
+        return canonical_digest(self._fields())
+
+    def changes_since(self, earlier: DatabaseSpec) -> list[str]:
+        now, then = self._fields(), earlier._fields()
+        return [f"{name}: {then.get(name)!r} → {now.get(name)!r}" for name in now if now.get(name) != then.get(name)]
+
+
+class BackupRef(BaseModel):
+    """One backup archive (pg_dump custom format) and the checksum recorded when it was taken."""
+
+    location: Literal["s3", "local"]
+    key: str = Field(description="S3 key under the bucket, or the file's path")
+    bucket_block: str | None = None
+    sha256: str = Field(default="", description="as recorded beside it; empty if none was recorded")
+    taken_at: datetime
+    size: int = 0
+
+    @property
+    def label(self) -> str:
+        where = f"s3 ({self.bucket_block}) {self.key}" if self.location == "s3" else self.key
+        return f"{where}, taken {self.taken_at:%Y-%m-%d %H:%M:%S} UTC"
+
+
+class StopWrites(BaseModel):
+    """Make `database` read-only so it holds: read-only by default for every session, the
+    application roles barred from logging in (a client that turns read-only off has no session
+    to write with), and their open sessions in it ended."""
+
+    op: Literal["stop-writes"] = "stop-writes"
+    block: str
+    database: str
+    roles: list[str] = Field(description="application roles that can log in now and will not")
+    run_key: str
+
+
+class AllowWrites(BaseModel):
+    """Undo StopWrites: read-only default reset on `database`, `roles` may log in again."""
+
+    op: Literal["allow-writes"] = "allow-writes"
+    block: str
+    database: str
+    roles: list[str]
+    run_key: str
+
+
+class RestoreToScratch(BaseModel):
+    """Fetch `backup`, check its sha256 and table of contents, restore it into a new database
+    `scratch` with `pg_restore -j jobs`. The live database is not touched."""
+
+    op: Literal["restore-to-scratch"] = "restore-to-scratch"
+    block: str
+    backup: BackupRef
+    scratch: str
+    jobs: int
+    run_key: str
+
+
+class SwapDatabase(BaseModel):
+    """In one transaction: `live` renamed to `keep_as` (kept, never dropped), `restored` renamed
+    to `live`; their sessions ended first."""
+
+    op: Literal["swap-database"] = "swap-database"
+    block: str
+    live: str
+    restored: str
+    keep_as: str
+    run_key: str
+
+
+class MigrationRollback(BaseModel):
+    """The configured migration tool's rollback command for one migration, exactly as approved."""
+
+    op: Literal["migration-rollback"] = "migration-rollback"
+    block: str
+    migration: str
+    command: str
+    cwd: str
+    timeout_seconds: float
+    status_before: str = Field(description="the tool's status output the plan was made from")
+
+
+
+class WriteState(BaseModel):
+    """Whether a database takes writes: its read-only default, which application roles can log
+    in, how many client sessions it has."""
+
+    database: str
+    exists: bool = True
+    read_only_default: bool = False
+    roles_login: dict[str, bool] = Field(default_factory=dict)
+    sessions: int = 0
+    checked_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def writes_stopped(self) -> bool:
+        return self.read_only_default and not any(self.roles_login.values())
+
+
+class CheckResult(BaseModel):
+    """One integrity check run once: how many bad rows, and the oldest write among them."""
+
+    name: str
+    table: str
+    bad_rows: int
+    first_bad_at: datetime | None = None
+
+
+class TableSum(BaseModel):
+    """A table's row count and order-independent checksum (sum of 60-bit row hashes, one
+    streaming aggregate: works on tables of any size), and per-chunk sums by integer key."""
+
+    table: str
+    rows: int
+    checksum: str
+    key: str | None = None
+    chunks: dict[str, list[str]] = Field(default_factory=dict, description="chunk start → [rows, checksum]")
+
+
+class Assessment(BaseModel):
+    """ASSESS scope: what the integrity checks found, when it started, what backups exist."""
+
+    database: str
+    checks: list[CheckResult]
+    row_counts: dict[str, int]
+    started_at: datetime | None = None
+    backups: list[BackupRef] = Field(default_factory=list, description="newest first")
+    assessed_at: datetime
+
+    @property
+    def bad_rows(self) -> int:
+        return sum(c.bad_rows for c in self.checks)
+
+    @property
+    def affected(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.checks:
+            if c.bad_rows:
+                out[c.table] = out.get(c.table, 0) + c.bad_rows
+        return out
+
+
+class GapRows(BaseModel):
+    """Rows of one table written in the live database after the backup was taken: lost by a swap."""
+
+    table: str
+    column: str
+    rows: int
+    newest: datetime | None = None
+
+
+class Verification(BaseModel):
+    """VERIFY data: the restored copy's integrity checks, its tables against the live ones, the gap."""
+
+    live: str
+    restored: str
+    backup_taken_at: datetime
+    checks: list[CheckResult]
+    live_tables: list[TableSum]
+    restored_tables: list[TableSum]
+    gap: list[GapRows]
+    verified_at: datetime
+
+    @property
+    def clean(self) -> bool:
+        return all(c.bad_rows == 0 for c in self.checks)
+
+    @property
+    def gap_rows(self) -> int:
+        return sum(g.rows for g in self.gap)
+
+    def differing_tables(self) -> list[str]:
+        restored = {t.table: t for t in self.restored_tables}
+        out = []
+        for t in self.live_tables:
+            r = restored.get(t.table)
+            if r is None or (r.rows, r.checksum) != (t.rows, t.checksum):
+                out.append(t.table)
+        return out + sorted(set(restored) - {t.table for t in self.live_tables})
+
+    def differing_chunks(self, table: str) -> list[str]:
+        live = next((t for t in self.live_tables if t.table == table), None)
+        restored = next((t for t in self.restored_tables if t.table == table), None)
+        if not live or not restored or not live.key:
+            return []
+        return sorted((k for k in set(live.chunks) | set(restored.chunks) if live.chunks.get(k) != restored.chunks.get(k)),
+                      key=int)
+
+
+class RestoreResult(BaseModel):
+    scratch: str
+    backup: BackupRef
+    sha256: str
+    toc_entries: int
+    seconds: float
+
+
+class SwapResult(BaseModel):
+    live: str
+    kept_as: str
+    swapped_at: datetime
+
+
 class Precondition(BaseModel):
     """Something that must still hold when the approved plan is carried out."""
 
     check: Literal["git-head", "target-unchanged", "profile-unchanged", "host-target-unchanged",
-                   "process-unchanged", "aws-target-unchanged", "aws-state"]
+                   "process-unchanged", "aws-target-unchanged", "aws-state",
+                   "database-target-unchanged", "databases-present"]
     description: str
     repository: str = ""
     branch: str = ""
@@ -580,6 +824,8 @@ class Precondition(BaseModel):
     account: AwsAccountSpec | None = Field(default=None, description="aws-target-unchanged: the block as planned")
     aws: AwsAccess | None = Field(default=None, description="aws-state: where to look")
     probe: AwsProbe | None = Field(default=None, description="aws-state: what to read, and what it must still be")
+    database: DatabaseSpec | None = None
+    present: list[str] = Field(default_factory=list, description="databases that must exist (databases-present)")
 
 
 class GitRestore(BaseModel):
@@ -729,7 +975,8 @@ class ScheduleCleanup(BaseModel):
 
 Operation = Annotated[
     Union[GitRestore, ShellCommand, FailoverCommand, DeleteFiles, CacheCommand, KillProcess, CreateAutomation, WriteAlertRules,
-          ScheduleCleanup, DisableAccessKey, DenyIps, WafBlockIps, IsolateInstance, RotateAccessKey, PatchCommand],
+          ScheduleCleanup, DisableAccessKey, DenyIps, WafBlockIps, IsolateInstance, RotateAccessKey, PatchCommand,
+          StopWrites, AllowWrites, RestoreToScratch, SwapDatabase, MigrationRollback],
     Field(discriminator="op"),
 ]
 
@@ -773,7 +1020,10 @@ class Plan(BaseModel):
                 env = f"   # with secret env {', '.join(op.secret_env)}" if op.secret_env else ""
                 lines.append(f"(cd {op.cwd} && {op.command}){env}")
             else:
-                lines += _host_command_lines(op)
+                if isinstance(op, (StopWrites, AllowWrites, RestoreToScratch, SwapDatabase, MigrationRollback)):
+                    lines += database_command_lines(op)
+                else:
+                    lines += _host_command_lines(op)
         if self.verify:
             lines += [f"curl {url}   # must answer 2xx within {self.verify.budget_seconds:g} s"
                       for url in self.verify.urls]
@@ -858,6 +1108,35 @@ def _host_command_lines(op: Any) -> list[str]:
         return [f"schedule {op.deployment} every {op.interval_seconds:g} s (slug {op.slug}) with "
                 f"{json.dumps(op.parameters, sort_keys=True)}"]
     return [repr(op)]
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def database_command_lines(op: StopWrites | AllowWrites | RestoreToScratch | SwapDatabase | MigrationRollback) -> list[str]:
+    """A database operation as the SQL and commands a person would type."""
+    if isinstance(op, StopWrites):
+        return [*[f"ALTER ROLE {_ident(r)} NOLOGIN;   -- no session of it can turn read-only off" for r in op.roles],
+                f"ALTER DATABASE {_ident(op.database)} SET default_transaction_read_only = on;",
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{op.database}' "
+                "AND pid <> pg_backend_pid();   -- end its sessions: they began read-write"]
+    if isinstance(op, AllowWrites):
+        return [f"ALTER DATABASE {_ident(op.database)} RESET default_transaction_read_only;",
+                *[f"ALTER ROLE {_ident(r)} LOGIN;" for r in op.roles]]
+    if isinstance(op, RestoreToScratch):
+        b = op.backup
+        fetch = (f"aws s3 cp s3://<{b.bucket_block}>/{b.key} backup.dump" if b.location == "s3" else f"cp {b.key} backup.dump")
+        return [fetch, f"sha256sum backup.dump   # must be {b.sha256 or '(none recorded: refused)'}",
+                "pg_restore -l backup.dump   # the table of contents must read",
+                f"CREATE DATABASE {_ident(op.scratch)};",
+                f"pg_restore -j {op.jobs} -d {op.scratch} backup.dump   # the live database is not touched"]
+    if isinstance(op, SwapDatabase):
+        return [f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname IN ('{op.live}', '{op.restored}');",
+                f"BEGIN; ALTER DATABASE {_ident(op.live)} RENAME TO {_ident(op.keep_as)}; "
+                f"ALTER DATABASE {_ident(op.restored)} RENAME TO {_ident(op.live)}; COMMIT;   "
+                f"-- {op.keep_as} is kept, never dropped"]
+    return [f"(cd {op.cwd} && {op.command})"]
 
 
 Decision = Literal["approve", "reject", "expired"]

@@ -35,6 +35,16 @@ from sevflow.models import (
     RotateAccessKey,
     ScopeAssessment,
     WafBlockIps,
+    AllowWrites,
+    Assessment,
+    BackupRef,
+    DatabaseSpec,
+    MigrationRollback,
+    RestoreToScratch,
+    StopWrites,
+    SwapDatabase,
+    Verification,
+    WriteState,
     GitRestore,
     OutageSpec,
     HealthSpec,
@@ -611,4 +621,150 @@ def assess_scope(activity: list[KeyActivity], contained_at: datetime, since: dat
         window_start=min(starts) if starts else None, window_end=contained_at, activity=activity,
         resources_touched=sorted({r for e in events for r in e.resources}), event_counts=dict(sorted(counts.items())),
         source_ips=sorted({e.source_ip for e in events if e.source_ip}), gaps=gaps,
+    )
+
+
+# --- databases (Data Corruption, Database Rollback) ---------------------------------------
+
+
+def database_unchanged(spec: DatabaseSpec) -> Precondition:
+    return Precondition(check="database-target-unchanged", database=spec.model_copy(update={"reading": ""}),
+                        description=f"the database target block {spec.block!r} is unchanged "
+                        f"(fingerprint {spec.fingerprint()[:12]})")
+
+
+def databases_present(spec: DatabaseSpec, *names: str) -> Precondition:
+    return Precondition(check="databases-present", database=spec.model_copy(update={"reading": ""}),
+                        present=list(names), description=f"databases {', '.join(names)} exist on {spec.server}")
+
+
+def stop_writes_plan(spec: DatabaseSpec, state: WriteState, run_key: str) -> Plan:
+    roles = sorted(r for r, login in state.roles_login.items() if login)
+    return Plan(
+        kind="stop-writes",
+        title=f"Stop writes to {spec.database} ({spec.service})",
+        target=f"database {spec.database} on {spec.server}",
+        operations=[StopWrites(block=spec.block, database=spec.database, roles=roles, run_key=run_key)],
+        preconditions=[database_unchanged(spec)],
+        undo=f"ALTER DATABASE {spec.database} RESET default_transaction_read_only; "
+        + "".join(f"ALTER ROLE {r} LOGIN; " for r in roles)
+        + "(the procedure offers this after a rejected swap)",
+        details="\n".join([
+            f"Now: read-only default {'on' if state.read_only_default else 'off'}, "
+            f"{state.sessions} client session(s); roles that can log in: {', '.join(roles) or 'none'}.",
+            "",
+            "Reads by other roles go on (read-only). The application roles cannot log in anywhere on this "
+            "server until writes are allowed again.",
+        ]),
+    )
+
+
+def pick_backup(backups: list[BackupRef], started_at: datetime | None, named: str | None) -> BackupRef | None:
+    """The backup named (its key or file name), else the newest taken before the corruption
+    started (the newest at all if that is unknown). Forensic dumps of this procedure never count
+    as good."""
+    if named:
+        return next((b for b in backups if b.key == named or b.key.rsplit("/", 1)[-1] == named), None)
+    good = [b for b in backups if "-forensic-" not in b.key and (started_at is None or b.taken_at < started_at)]
+    return max(good, key=lambda b: b.taken_at, default=None)
+
+
+def scratch_name(spec: DatabaseSpec, run_key: str) -> str:
+    return f"{spec.database}_restore_{run_key.replace('-', '')[:8]}"[:63]
+
+
+def restore_plan(spec: DatabaseSpec, assessment: Assessment | None, backup: BackupRef, run_key: str) -> Plan:
+    scratch = scratch_name(spec, run_key)
+    found = ""
+    if assessment is not None:
+        found = "\n".join([
+            "**What the integrity checks found in the live database:**",
+            "",
+            *[f"- {md.escape(c.name)} ({md.code(c.table)}): {c.bad_rows} bad rows" for c in assessment.checks],
+            "",
+            f"Corruption started: {assessment.started_at.isoformat() if assessment.started_at else 'unknown'}",
+            "",
+            "**Backups, newest first:**",
+            "",
+            *[f"- {md.escape(b.label)}{'  ← this one' if b.key == backup.key else ''}" for b in assessment.backups],
+        ])
+    return Plan(
+        kind="restore-to-scratch",
+        title=f"Restore {spec.database} from the backup of {backup.taken_at:%Y-%m-%d %H:%M:%S} UTC into {scratch}",
+        target=f"new database {scratch} on {spec.server} (the live database {spec.database} is not touched)",
+        operations=[RestoreToScratch(block=spec.block, backup=backup, scratch=scratch, jobs=spec.restore_jobs,
+                                     run_key=run_key)],
+        preconditions=[database_unchanged(spec)],
+        undo=f"nothing to undo on {spec.database}; {scratch} is a new database (sevflow never drops one: "
+        f"DROP DATABASE {scratch} by hand when done)",
+        details=found,
+    )
+
+
+def swap_plan(spec: DatabaseSpec, verification: Verification, stopped_roles: list[str], run_key: str,
+              now: datetime) -> Plan:
+    keep_as = f"{spec.database}_corrupt_{now:%Y%m%d%H%M%S}"[:63]
+    differing = verification.differing_tables()
+    lines = [
+        f"**Restored copy {md.code(verification.restored)}**: integrity checks "
+        + ("clean" if verification.clean else "**NOT clean**: " + ", ".join(
+            f"{c.name} {c.bad_rows}" for c in verification.checks if c.bad_rows)),
+        "",
+        "| table | live rows | restored rows | same checksum |",
+        "|---|---|---|---|",
+    ]
+    restored = {t.table: t for t in verification.restored_tables}
+    for t in verification.live_tables:
+        r = restored.get(t.table)
+        lines.append(f"| {md.escape(t.table)} | {t.rows} | {r.rows if r else '—'} | "
+                     f"{'yes' if r and r.checksum == t.checksum else 'no'} |")
+    lines += ["", f"**Gap: what the swap loses** (rows written in {spec.database} after the backup of "
+              f"{verification.backup_taken_at:%Y-%m-%d %H:%M:%S} UTC):", ""]
+    lines += [f"- {md.escape(g.table)}: {g.rows} rows (by {md.code(g.column)}; newest "
+              f"{g.newest.isoformat() if g.newest else '—'})" for g in verification.gap] or ["- no timestamp columns configured"]
+    for table in differing:
+        chunks = verification.differing_chunks(table)
+        if chunks:
+            lines.append(f"- {md.escape(table)} differs in key ranges starting at {', '.join(chunks[:20])}")
+    return Plan(
+        kind="swap-database",
+        title=f"Swap the restored copy in as {spec.database} and allow writes again",
+        target=f"databases {spec.database} and {verification.restored} on {spec.server}",
+        operations=[
+            SwapDatabase(block=spec.block, live=spec.database, restored=verification.restored, keep_as=keep_as,
+                         run_key=run_key),
+            AllowWrites(block=spec.block, database=spec.database, roles=stopped_roles, run_key=run_key),
+        ],
+        preconditions=[database_unchanged(spec), databases_present(spec, spec.database, verification.restored)],
+        undo=f"swap back: ALTER DATABASE {spec.database} RENAME TO <other>; ALTER DATABASE {keep_as} RENAME TO "
+        f"{spec.database} (the corrupted database is kept as {keep_as}; sevflow never drops it)",
+        details="\n".join(lines),
+    )
+
+
+def allow_writes_plan(spec: DatabaseSpec, stopped_roles: list[str], run_key: str, why: str) -> Plan:
+    return Plan(
+        kind="allow-writes",
+        title=f"Allow writes to {spec.database} again, unchanged (no swap)",
+        target=f"database {spec.database} on {spec.server}",
+        operations=[AllowWrites(block=spec.block, database=spec.database, roles=stopped_roles, run_key=run_key)],
+        preconditions=[database_unchanged(spec)],
+        undo="run data-corruption again to stop writes",
+        details=md.escape(why),
+    )
+
+
+def migration_rollback_plan(spec: DatabaseSpec, migration: str, status: str) -> Plan:
+    assert spec.migration_rollback_command
+    command = spec.migration_rollback_command.replace("{migration}", migration)
+    return Plan(
+        kind="migration-rollback",
+        title=f"Roll back migration {migration} of {spec.database}",
+        target=f"database {spec.database} on {spec.server}, with {spec.migration_tool or 'the configured commands'}",
+        operations=[MigrationRollback(block=spec.block, migration=migration, command=command,
+                                      cwd=spec.migration_cwd or ".", timeout_seconds=spec.command_timeout_seconds,
+                                      status_before=status)],
+        preconditions=[database_unchanged(spec)],
+        undo=f"apply migration {migration} again with the migration tool",
+        details="**Migration status now:**\n\n" + md.fence(status or "(no output)"),
     )

@@ -82,3 +82,16 @@ def alert_humans(incident_id: str, blocks: list[str], subject: str, body: str) -
     for block in blocks:
         send(block, subject, body)
     return list(blocks)
+
+
+
+
+@step("COMMUNICATE", mutating=True)
+def communicate(block_slug: str | None, subject: str, body: str) -> bool:
+    """Tell the affected people through the notification block `block_slug` (none: logged only).
+    Returns whether a notification was sent."""
+    if not block_slug:
+        log.warning("No notification block configured; not sent: %s", subject)
+        return False
+    send(block_slug, subject, body)
+    return True

@@ -7,9 +7,10 @@ a command runs, the block is read again and compared: an edit made while a gate 
 
 from __future__ import annotations
 
+from sevflow.blocks.database import DatabaseTarget
 from sevflow.blocks.host import HostTarget
 from sevflow.blocks.service import ServiceTarget
-from sevflow.models import HostSpec, OutageSpec, ServiceSpec
+from sevflow.models import DatabaseSpec, HostSpec, OutageSpec, ServiceSpec
 from sevflow.tasks.common import step
 
 
@@ -72,4 +73,19 @@ def profile_changes(planned: OutageSpec) -> list[str]:
         live = OutageProfile.load(planned.block)
     except ValueError:
         return [f"the outage profile block {planned.block!r} was deleted"]
+    return live.spec(planned.block).changes_since(planned)  # type: ignore[attr-defined]
+
+
+@step("read the database target", timeline=False)
+def read_database_target(name: str, reading: str = "") -> DatabaseSpec:
+    """The block `name` as it is now, without the DSN's secret; persisted per run and reading."""
+    return DatabaseTarget.for_name(name).spec(name).model_copy(update={"reading": reading})
+
+
+def database_target_changes(planned: DatabaseSpec) -> list[str]:
+    """What moved in the database target block since `planned` was read (or that it is gone)."""
+    try:
+        live = DatabaseTarget.load(planned.block)
+    except ValueError:
+        return [f"the database target block {planned.block!r} was deleted"]
     return live.spec(planned.block).changes_since(planned)  # type: ignore[attr-defined]

@@ -9,8 +9,9 @@ from sevflow.tasks.aws import aws_drift, aws_target_changes
 from sevflow.tasks.common import step
 from sevflow.tasks.git import head_drift
 from sevflow.tasks.orchestrator import emit_incident_event, record_timeline
+from sevflow.tasks.postgres import databases_missing
 from sevflow.tasks.processes import read_process
-from sevflow.tasks.targets import host_target_changes, profile_changes, target_changes
+from sevflow.tasks.targets import database_target_changes, host_target_changes, profile_changes, target_changes
 
 
 @step("check the approved plan still holds", timeline=False)
@@ -52,6 +53,14 @@ def check_preconditions(incident: IncidentContext, gate: str, plan: Plan) -> lis
             drift = aws_drift(pre.aws, pre.probe)
             if drift:
                 moved.append(drift)
+        elif pre.check == "database-target-unchanged" and pre.database is not None:
+            changes = database_target_changes(pre.database)
+            if changes:
+                moved.append(f"database target {pre.database.block!r} edited: {', '.join(changes)}")
+        elif pre.check == "databases-present" and pre.database is not None:
+            missing = databases_missing(pre)
+            if missing:
+                moved.append(f"database(s) {', '.join(missing)} no longer exist")
     if moved:
         record_timeline(incident, f"{gate}-90-drift", TimelineEntry(
             at=utcnow(), source="sevflow", kind="drift",

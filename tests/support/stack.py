@@ -125,7 +125,7 @@ class Worker(_Child):
         """Until every sevflow deployment is registered by this worker."""
         deadline = time.monotonic() + timeout
         names = ("application-rollback", "configuration-rollback", "production-system-down", "security-breach",
-                 "memory-disk-full", "approval-escalation")
+                 "data-corruption", "database-rollback", "memory-disk-full", "approval-escalation")
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
