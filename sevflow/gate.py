@@ -551,7 +551,7 @@ class AnswerRefused(ApprovalError):
 
 
 def answer_gate(flow_run_id: str, decision: Literal["approve", "reject"], approver: str, reason: str,
-                wait_seconds: float = 15.0, key: str | None = None, ref: str | None = None) -> str:
+                wait_seconds: float = 60.0, key: str | None = None, ref: str | None = None) -> str:
     """Resume the run with an answer and wait for the gate's verdict on it.
 
     `ref` answers a gate that asks for one (the hotfix to deploy).
