@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from sevflow.blocks.common import load_named
 from sevflow.errors import UnknownServiceError
 from sevflow.models import AwsAccess, AwsAccountSpec, WafIpSetRef
 
@@ -81,15 +82,4 @@ class AwsAccountTarget(Block):
     @classmethod
     def for_account(cls, name: str) -> AwsAccountTarget:
         """Load the target named `name`, or say which exist."""
-        try:
-            return cls.load(name)  # type: ignore[return-value]
-        except ValueError as exc:
-            from prefect.client.orchestration import get_client
-
-            with get_client(sync_client=True) as client:
-                docs = client.read_block_documents_by_type(cls.get_block_type_slug(), include_secrets=False)
-            known = sorted(d.name for d in docs if d.name)
-            raise UnknownServiceError(
-                f"No AWS account target named {name!r}. Known accounts: "
-                f"{', '.join(known) if known else 'none yet (create a sevflow AWS Account Target block)'}."
-            ) from exc
+        return load_named(cls, name, what="AWS account target", known_as="accounts", error=UnknownServiceError)

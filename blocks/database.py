@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
+from sevflow.blocks.common import load_named
 from sevflow.errors import ConfigurationError
 from sevflow.models import DatabaseSpec, IntegrityCheck
 
@@ -123,10 +124,6 @@ class DatabaseTarget(Block):
 
     @classmethod
     def for_name(cls, name: str) -> DatabaseTarget:
-        try:
-            return cls.load(name)  # type: ignore[return-value]
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"No database target named {name!r}: create a `sevflow Database Target` block with that name "
-                "(Blocks in the Prefect UI)."
-            ) from exc
+        """Load the target named `name`, or say which exist."""
+        return load_named(cls, name, what="database target", known_as="databases",
+                          hint="Create a `sevflow Database Target` block with that name (Blocks in the Prefect UI).")

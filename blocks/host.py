@@ -7,6 +7,7 @@ import os
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from sevflow.blocks.common import block_names, load_named
 from sevflow.errors import ConfigurationError
 from sevflow.models import CacheCommandSpec, HostSpec
 
@@ -66,22 +67,11 @@ class HostTarget(Block):
     @classmethod
     def for_host(cls, name: str) -> HostTarget:
         """Load the target named `name`, or say which exist."""
-        try:
-            return cls.load(name)  # type: ignore[return-value]
-        except ValueError as exc:
-            known = known_hosts()
-            raise ConfigurationError(
-                f"No host target named {name!r}. Known hosts: "
-                f"{', '.join(known) if known else 'none yet (create a sevflow Host Target block)'}."
-            ) from exc
+        return load_named(cls, name, what="host target", known_as="hosts")
 
 
 def known_hosts() -> list[str]:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        docs = client.read_block_documents_by_type(HostTarget.get_block_type_slug(), include_secrets=False)
-    return sorted(d.name for d in docs if d.name)
+    return block_names(HostTarget)
 
 
 def absolute(path: str) -> str:

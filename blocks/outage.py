@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
+from sevflow.blocks.common import load_named
 from sevflow.errors import ConfigurationError
 from sevflow.models import OutageSpec
 
@@ -75,10 +76,7 @@ class OutageProfile(Block):
 
     @classmethod
     def for_service(cls, name: str) -> OutageProfile:
-        try:
-            return cls.load(name)  # type: ignore[return-value]
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"No sevflow Outage Profile block named {name!r}: create one (Prefect UI, Blocks) with at least "
-                "the service's name and a control URL, or name another with profile=..."
-            ) from exc
+        """Load the profile named `name`, or say which exist."""
+        return load_named(cls, name, what="sevflow Outage Profile block", known_as="profiles",
+                          hint="Create one (Prefect UI, Blocks) with at least the service's name and a control URL, "
+                          "or name another with profile=...")

@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
+from sevflow.blocks.common import block_names, load_named
 from sevflow.errors import UnknownServiceError
 from sevflow.models import ServiceSpec
 
@@ -108,22 +109,9 @@ class ServiceTarget(Block):
     @classmethod
     def for_service(cls, name: str) -> ServiceTarget:
         """Load the target named `name`, or say which targets exist."""
-        try:
-            return cls.load(name)  # type: ignore[return-value]
-        except ValueError as exc:
-            known = known_services()
-            raise UnknownServiceError(
-                f"No service target named {name!r}. Known services: "
-                f"{', '.join(known) if known else 'none yet (create a sevflow Service Target block)'}."
-            ) from exc
+        return load_named(cls, name, what="service target", known_as="services", error=UnknownServiceError)
 
 
 def known_services() -> list[str]:
     """Names of the service target blocks on the server (no secrets read)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        docs = client.read_block_documents_by_type(
-            ServiceTarget.get_block_type_slug(), include_secrets=False
-        )
-    return sorted(d.name for d in docs if d.name)
+    return block_names(ServiceTarget)
