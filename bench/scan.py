@@ -14,6 +14,14 @@ caches), times `rounds` alternating passes of:
 
 and prints the median of each and the ratio sevflow/du (goal: at most 1.5). It checks that
 both count the same total bytes, then deletes the tree.
+
+Measured on this 2-core machine while other test suites ran on it (so every time is noisy,
+and du's own times varied 1.7x between rounds), 1,000,000 files in 1,000 directories:
+on a tmpfs (`--root` a tmpfs, `--nonempty-every 16`, 5 rounds): du 24.9 s, sevflow 34.5 s,
+ratio 1.39; on the disk (/tmp, defaults, 3 rounds, with sevflow's own tests running beside
+it): du 16.3 s, sevflow 29.2 s, ratio 1.79. On 100,000 files in /tmp, quieter: 1.2-1.5.
+Same total bytes as `du -sx -B1` every time. The scanner does one fstatat per entry as du
+does; what is left is the interpreter's cost per entry.
 """
 
 from __future__ import annotations

@@ -361,6 +361,7 @@ def automation_name(spec: HostSpec) -> str:
 
 
 def cleanup_slug(spec: HostSpec) -> str:
+    """Slugs starting `sevflow-cleanup-` are kept by `sevflow serve` when it registers again."""
     return f"sevflow-cleanup-{_slug(spec.block)}"
 
 

@@ -101,9 +101,53 @@ async def _serve(limit: int | None, query_seconds: float, escalation_interval: f
     runner = _draining_runner_class()(name=f"sevflow-{socket.gethostname()}", query_seconds=query_seconds,
                                       limit=limit, prefetch_seconds=0)
     signal.signal(signal.SIGINT, runner.handle_sigterm)  # Ctrl-C in a terminal: the same gentle stop
+    kept = await _kept_schedules()
     for flow, kwargs in deployment_kwargs(escalation_interval):
         await runner.add_flow(flow, **kwargs)
+    await _restore_schedules(kept)
     await runner.start()
+
+
+KEPT_SCHEDULE_PREFIX = "sevflow-cleanup-"
+"""Schedules a procedure added to a served deployment (Memory/Disk Full's approved cleanup
+check). Registering a deployment again replaces all its schedules (Prefect's upsert), so
+the worker reads these before it registers and puts them back after."""
+
+
+async def _kept_schedules() -> dict[str, list[Any]]:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from sevflow.deployments import DEPLOYMENT_NAME, procedures
+
+    kept: dict[str, list[Any]] = {}
+    async with get_client() as client:
+        for name in procedures():
+            try:
+                dep = await client.read_deployment_by_name(f"{name}/{DEPLOYMENT_NAME}")
+            except ObjectNotFound:
+                continue
+            schedules = [s for s in await client.read_deployment_schedules(dep.id)
+                         if (s.slug or "").startswith(KEPT_SCHEDULE_PREFIX)]
+            if schedules:
+                kept[f"{name}/{DEPLOYMENT_NAME}"] = schedules
+    return kept
+
+
+async def _restore_schedules(kept: dict[str, list[Any]]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+
+    async with get_client() as client:
+        for name, schedules in kept.items():
+            dep = await client.read_deployment_by_name(name)
+            present = {s.slug for s in await client.read_deployment_schedules(dep.id)}
+            missing = [DeploymentScheduleCreate(schedule=s.schedule, active=s.active, parameters=s.parameters,
+                                                slug=s.slug) for s in schedules if s.slug not in present]
+            if missing:
+                await client.create_deployment_schedules(dep.id, missing)
+                log.info("Kept %d approved schedule(s) of %s: %s", len(missing), name,
+                         ", ".join(str(s.slug) for s in missing))
 
 
 def serve(limit: int | None = 20, query_seconds: float = 0.2, escalation_interval: float | None = 30.0) -> None:

@@ -17,6 +17,7 @@ window of one system call) inside the same allow-listed directory.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import os
 import stat
@@ -332,7 +333,8 @@ def delete_files(op: DeleteFiles) -> DeletionReport:
                         if os.fstat(fd).st_dev != root_dev:
                             raise OSError(0, "another filesystem is mounted there")
                 except OSError as exc:
-                    why = "a symlink or not a directory now" if exc.errno in (40, 20) else exc.strerror
+                    why = ("a symlink or not a directory now" if exc.errno in (errno.ELOOP, errno.ENOTDIR)
+                           else exc.strerror)
                     report.left_alone += [f"{f.path}: its folder {'/'.join(dirs)} is {why}" for _, f in entries]
                     continue
                 for name, f in entries:

@@ -24,7 +24,9 @@ a delivery pass that reaches the same incident share one creation.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import inspect
 import logging
 import time
 import uuid
@@ -214,7 +216,7 @@ class Deliverer:
         deployment_id = await self._deployment(client, route.procedure)
         alert = row.alert
         parameters: dict[str, Any] = {
-            "service": route.service,
+            target_parameter(route.procedure): route.service,
             "severity": route.severity.value,
             "incident_id": incident.incident_id,
             "reason": f"{alert.source} alert: {alert.summary}"[:500],
@@ -334,3 +336,14 @@ class Deliverer:
             waiting = f" (alert #{row.seq}, incident {row.incident_id})" if row else ""
             log.warning("Cannot deliver to Prefect%s: %s. Alerts stay queued on disk and are retried.", waiting, message)
         self.reachable = False
+
+
+@functools.lru_cache(maxsize=None)
+def target_parameter(procedure: str) -> str:
+    """The parameter naming what a procedure acts on: `service`, or `host` for a procedure that
+    runs on a host (memory-disk-full): the rule's service (or the label naming it) fills it."""
+    from sevflow.deployments import procedures
+
+    flow = procedures().get(procedure)
+    names = inspect.signature(flow.fn).parameters if flow is not None else {}
+    return "host" if "service" not in names and "host" in names else "service"

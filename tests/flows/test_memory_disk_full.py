@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,7 +21,8 @@ import pytest
 
 from sevflow.gate import answer_gate
 from sevflow.models import Plan
-from tests.conftest import read_run, start, wait_final, wait_for
+from tests.conftest import start, wait_final, wait_for
+from tests.support.wait import until
 from tests.support.hosts import (
     DiskWorld,
     Processes,
@@ -118,6 +120,14 @@ def test_approved_it_frees_the_space_kills_the_leaking_process_and_adds_monitori
     found = prevention_in_place(names["block"])
     assert len(found["automations"]) == 1 and len(found["schedules"]) == 1
     assert found["schedules"][0].parameters["host"] == names["block"]
+    # A worker restarted on the host registers its deployments again and keeps the approved schedule.
+    restarted_at = datetime.now(timezone.utc)
+    worker.stop()
+    worker.start()
+    until(lambda: _deployment("approval-escalation/sevflow").updated > restarted_at, timeout=120,
+          what="the restarted worker to register every deployment again")
+    [kept] = until(lambda: prevention_in_place(names["block"])["schedules"], timeout=60, what="the kept schedule")
+    assert kept.parameters == found["schedules"][0].parameters and kept.schedule == found["schedules"][0].schedule
     [rules] = list(rules_dir.iterdir())
     assert "node_filesystem_avail_bytes" in rules.read_text() and str(disk.root) in rules.read_text()
 
@@ -208,6 +218,13 @@ def test_a_host_target_for_another_machine_stops_before_anything(host, names, wo
     assert final.state.type.value == "FAILED"
     assert "Start a worker on some-other-machine" in final.state.message
     assert disk.snapshot() == before and all(p.poll() is None for p in procs.children.values())
+
+
+def _deployment(name: str) -> Any:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(name)
 
 
 def _files_only(tree: dict[str, Any]) -> dict[str, Any]:

@@ -89,3 +89,14 @@ def test_whole_file_shape() -> None:
         load_rules("- a\n- b\n", "r", PROCS)
     with pytest.raises(RulesError, match="`rules` must be a list"):
         load_rules("rules: {a: 1}\n", "r", PROCS)
+
+
+def test_a_rule_for_a_procedure_run_on_a_host_fills_its_host_parameter() -> None:
+    from sevflow.intake.deliver import target_parameter
+    from sevflow.intake.rules import load_rules
+
+    rules = load_rules("rules:\n  - name: disk\n    match: {labels: {alertname: DiskFull}}\n    procedure: memory-disk-full\n"
+                       "    service_label: instance\n    severity: SEV-2\n", "rules.yaml", PROCS)
+    assert [r.procedure for r in rules.rules] == ["memory-disk-full"]
+    assert target_parameter("memory-disk-full") == "host"
+    assert target_parameter("application-rollback") == "service"
