@@ -551,10 +551,14 @@ class AnswerRefused(ApprovalError):
 
 
 def answer_gate(flow_run_id: str, decision: Literal["approve", "reject"], approver: str, reason: str,
-                wait_seconds: float = 60.0, key: str | None = None, ref: str | None = None) -> str:
+                wait_seconds: float = 120.0, key: str | None = None, ref: str | None = None) -> str:
     """Resume the run with an answer and wait for the gate's verdict on it.
 
-    `ref` answers a gate that asks for one (the hotfix to deploy).
+    `ref` answers a gate that asks for one (the hotfix to deploy). `wait_seconds` bounds the
+    wait for the verdict (the command line passes its `--wait`, 15 s); judging an answer means
+    a worker starting the run again and replaying it up to the gate, which on a busy host
+    (measured: 10 to 20 s at a load of 17 on 2 cores) takes longer than a person would wait at
+    a prompt, so callers that must know the verdict, as the tests do, wait as long as it takes.
 
     Raises AnswerRefused with the server's reason when the resume is refused (Prefect
     answers HTTP 200 with status REJECT/ABORT), or with the policy's sentence when the run
