@@ -81,7 +81,7 @@ class BreachReport(BaseModel):
 @flow(name=PROCEDURE, persist_result=True, log_prints=False)
 @procedure_parameters
 def security_breach(
-    account: str,
+    service: str,
     access_key_ids: list[str] | None = None,
     suspicious_ips: list[str] | None = None,
     instance_ids: list[str] | None = None,
@@ -103,12 +103,14 @@ def security_breach(
     breach always runs at SEV-1.
 
     Args:
-        account: Name of the `sevflow AWS Account Target` block of the breached account.
+        service: Name of the `sevflow AWS Account Target` block of the breached AWS account (called
+            `service` like every procedure's target, so an alert rule's `service` names it).
         access_key_ids: IAM access key ids believed compromised (AKIA...).
         suspicious_ips: IP addresses or networks to block (203.0.113.7, 198.51.100.0/24).
         instance_ids: EC2 instances believed compromised, to isolate and snapshot.
         since: When the breach may have started (UTC); empty: from the keys' first recorded use.
     """
+    account = service
     spec = read_aws_target(account)  # an unknown account stops here, before anything
     if severity is not Severity.SEV1:
         get_run_logger().warning("A security breach is SEV-1 in the runbook; running at SEV-1, not %s.", severity.value)

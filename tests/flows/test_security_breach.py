@@ -145,7 +145,7 @@ class Account:
         AwsAccountTarget(**fields).save(self.name, overwrite=True)
 
     def parameters(self) -> dict[str, Any]:
-        return dict(account=self.name, access_key_ids=[self.key], suspicious_ips=["203.0.113.7", "198.51.100.0/24"],
+        return dict(service=self.name, access_key_ids=[self.key], suspicious_ips=["203.0.113.7", "198.51.100.0/24"],
                     instance_ids=[self.instance], reason="GuardDuty: credential exfiltration")
 
     # --- reading the account back --------------------------------------------------------
@@ -360,7 +360,7 @@ def test_a_dry_run_shows_every_plan_and_changes_nothing(account: Account, stack)
     env = dict(os.environ) | stack.env()
     params = account.parameters()
     args = [sys.executable, "-m", "sevflow", "plan", "security-breach", "--json",
-            "--param", f"account={params['account']}", "--param", f"access_key_ids={json.dumps(params['access_key_ids'])}",
+            "--param", f"service={params['service']}", "--param", f"access_key_ids={json.dumps(params['access_key_ids'])}",
             "--param", f"suspicious_ips={json.dumps(params['suspicious_ips'])}",
             "--param", f"instance_ids={json.dumps(params['instance_ids'])}"]
     shown = subprocess.run(args, capture_output=True, text=True, timeout=180, env=env, stdin=subprocess.DEVNULL)
@@ -382,7 +382,7 @@ def test_bad_input_stops_before_any_change(account: Account, moto_url: str, stac
     from sevflow.flows.security_breach import security_breach
 
     before = account.world()
-    unknown = security_breach(account="no-such-account", access_key_ids=[account.key], return_state=True)
+    unknown = security_breach(service="no-such-account", access_key_ids=[account.key], return_state=True)
     assert unknown.is_failed() and "No AWS account target named 'no-such-account'" in unknown.message
 
     s3 = account.client("s3")
