@@ -66,7 +66,7 @@ class DataRecoveryReport(BaseModel):
 @flow(name=PROCEDURE, persist_result=True, log_prints=False)
 @procedure_parameters
 def data_corruption(
-    database: str,
+    service: str,
     backup: str | None = None,
     severity: Severity = Severity.SEV2,
     incident_id: str | None = None,
@@ -84,12 +84,12 @@ def data_corruption(
     and swaps it in; the corrupted database is kept under a new name.
 
     Args:
-        database: Name of the `sevflow Database Target` block of the corrupted database.
+        service: Name of the `sevflow Database Target` block of the corrupted database (as alerts name the service).
         backup: Key (or file name) of the backup to restore; empty for the last one taken before the corruption started.
     """
-    spec = read_database_target(database)  # an unknown database stops here, before anything
+    spec = read_database_target(service)  # an unknown database target stops here, before anything
     ctx = begin(PROCEDURE, spec.service, severity, incident_id, reason, policy, dry_run, spec.approval_policy)
-    return run(ctx, recover_from_corruption, database, backup)
+    return run(ctx, recover_from_corruption, service, backup)
 
 
 def recover_from_corruption(ctx: Procedure, database: str, backup: str | None = None) -> DataRecoveryReport:

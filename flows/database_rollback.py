@@ -38,7 +38,7 @@ class MigrationRollbackReport(BaseModel):
 @flow(name=PROCEDURE, persist_result=True, log_prints=False)
 @procedure_parameters
 def database_rollback(
-    database: str,
+    service: str,
     migration: str | None = None,
     backup: str | None = None,
     severity: Severity = Severity.SEV2,
@@ -55,15 +55,15 @@ def database_rollback(
     database, verifies it against the live one and swaps it in (Data Corruption's steps 4-5).
 
     Args:
-        database: Name of the `sevflow Database Target` block.
+        service: Name of the `sevflow Database Target` block of the database (as alerts name the service).
         migration: The migration to roll back (as the migration tool names it); empty to restore from a backup.
         backup: Key (or file name) of the backup to restore; empty for the newest.
     """
-    spec = read_database_target(database)  # an unknown database stops here, before anything
+    spec = read_database_target(service)  # an unknown database target stops here, before anything
     ctx = begin(PROCEDURE, spec.service, severity, incident_id, reason, policy, dry_run, spec.approval_policy)
     if migration:
-        return run(ctx, roll_back_one_migration, database, migration)
-    return run(ctx, restore_database, database, backup)
+        return run(ctx, roll_back_one_migration, service, migration)
+    return run(ctx, restore_database, service, backup)
 
 
 def roll_back_one_migration(ctx: Procedure, database: str, migration: str) -> MigrationRollbackReport:

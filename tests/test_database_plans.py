@@ -51,3 +51,32 @@ def test_database_plans_round_trip_with_the_same_digest() -> None:
         assert again.digest == plan.digest and type(again.operations[0]) is type(plan.operations[0])
     restore = plans.restore_plan(spec, None, BACKUPS[2], "run-1")
     assert "pg_restore -j 4 -d shop_restore_run1" in restore.describe()
+
+
+def test_an_intake_rule_can_start_the_database_procedures() -> None:
+    import inspect
+
+    from sevflow.deployments import procedures
+    from sevflow.intake.alerts import Alert
+    from sevflow.intake.rules import load_rules
+
+    procs = {name: list(inspect.signature(f.fn).parameters) for name, f in procedures().items()}
+    rules = load_rules("""\
+rules:
+  - name: negative-amounts
+    match: {labels: {alertname: "NegativeAmounts"}}
+    procedure: data-corruption
+    service_label: database
+    severity: SEV-1
+  - name: bad-migration
+    match: {labels: {alertname: "MigrationFailed"}}
+    procedure: database-rollback
+    service: orders-db
+    severity: SEV-2
+    parameters: {migration: 002_add_discount}
+""", "rules.yaml", procs)
+    base = dict(source="alertmanager", identity="alertmanager:1", group_key="g", status="firing", summary="s")
+    r = rules.route(Alert.model_validate(base | {"labels": {"alertname": "NegativeAmounts", "database": "orders-db"}}))
+    assert r is not None and (r.procedure, r.service) == ("data-corruption", "orders-db")
+    r2 = rules.route(Alert.model_validate(base | {"labels": {"alertname": "MigrationFailed"}}))
+    assert r2 is not None and r2.parameters == {"migration": "002_add_discount"}

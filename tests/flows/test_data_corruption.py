@@ -216,7 +216,7 @@ def test_data_corruption_restores_the_last_good_backup_and_reports_the_gap(corru
     db, good_rows, good_key = corrupted
     corrupted_rows = db.rows()
     before_backups = db.backups()
-    run_id = start("data-corruption", database=db.block, policy=db.policy, severity="SEV-1")
+    run_id = start("data-corruption", service=db.block, policy=db.policy, severity="SEV-1")
 
     at_gate(run_id, "stop-writes")
     answer_gate(run_id, "approve", "alice", "stop the bleeding")
@@ -256,7 +256,7 @@ def test_data_corruption_restores_the_last_good_backup_and_reports_the_gap(corru
 def test_a_rejected_stop_writes_changes_nothing(corrupted, worker) -> None:
     db, _, _ = corrupted
     before = db.world()
-    run_id = start("data-corruption", database=db.block, policy=db.policy)
+    run_id = start("data-corruption", service=db.block, policy=db.policy)
     at_gate(run_id, "stop-writes")
     answer_gate(run_id, "reject", "alice", "it's the cache, not the database")
     final = wait_final(run_id)
@@ -267,7 +267,7 @@ def test_a_rejected_stop_writes_changes_nothing(corrupted, worker) -> None:
 def test_a_rejected_swap_leaves_the_live_data_and_allows_writes_once_a_person_says_so(corrupted, worker) -> None:
     db, _, _ = corrupted
     before = db.world()
-    run_id = start("data-corruption", database=db.block, policy=db.policy)
+    run_id = start("data-corruption", service=db.block, policy=db.policy)
     at_gate(run_id, "stop-writes")
     answer_gate(run_id, "approve", "alice", "stop")
     at_gate(run_id, "restore")
@@ -293,7 +293,7 @@ def test_a_writer_cannot_turn_read_only_off_and_a_rejected_restore_changes_no_da
     writer = pg(db.name, user=db.role)  # the application, connected before writes stop
     writer.execute("INSERT INTO orders (customer, amount) VALUES ('before-stop', 1) RETURNING id")
     before = db.world()
-    run_id = start("data-corruption", database=db.block, policy=db.policy)
+    run_id = start("data-corruption", service=db.block, policy=db.policy)
     at_gate(run_id, "stop-writes")
     answer_gate(run_id, "approve", "alice", "stop")
     at_gate(run_id, "restore")
@@ -325,7 +325,7 @@ def test_a_backup_with_a_wrong_checksum_is_refused_before_any_restore(db: Db, wo
     db.take_backup("nightly", now - timedelta(days=1), sha256="0" * 64)
     db.corrupt()
     db.save_blocks()
-    run_id = start("data-corruption", database=db.block, policy=db.policy)
+    run_id = start("data-corruption", service=db.block, policy=db.policy)
     at_gate(run_id, "stop-writes")
     answer_gate(run_id, "approve", "alice", "stop")
     at_gate(run_id, "restore")
@@ -342,7 +342,7 @@ def test_sevflow_plan_shows_the_stop_writes_plan_and_changes_nothing(corrupted, 
     db, _, _ = corrupted
     before = db.world()
     shown = subprocess.run([sys.executable, "-m", "sevflow", "plan", "data-corruption", "--json", "--param",
-                            f"database={db.block}", "--param", f"policy={db.policy}"],
+                            f"service={db.block}", "--param", f"policy={db.policy}"],
                            capture_output=True, text=True, timeout=180, env=dict(os.environ) | stack.env(),
                            stdin=subprocess.DEVNULL)
     assert shown.returncode == 0, shown.stderr
@@ -359,7 +359,7 @@ def test_sevflow_plan_shows_the_stop_writes_plan_and_changes_nothing(corrupted, 
 
 def test_database_rollback_restores_a_named_backup_with_the_same_steps(corrupted, worker) -> None:
     db, good_rows, good_key = corrupted
-    run_id = start("database-rollback", database=db.block, policy=db.policy, backup=good_key.rsplit("/", 1)[1])
+    run_id = start("database-rollback", service=db.block, policy=db.policy, backup=good_key.rsplit("/", 1)[1])
     for gate in ("stop-writes", "restore", "swap"):
         at_gate(run_id, gate)
         answer_gate(run_id, "approve", "alice", gate)
@@ -380,7 +380,7 @@ def test_database_rollback_rolls_back_a_migration(db: Db, worker, tmp_path: Path
         migration_rollback_command=("psql -v ON_ERROR_STOP=1 -c \"ALTER TABLE orders DROP COLUMN discount\" "
                                     "-c \"DELETE FROM schema_migrations WHERE name = '{migration}'\""),
     )
-    run_id = start("database-rollback", database=db.block, policy=db.policy, migration="002_add_discount")
+    run_id = start("database-rollback", service=db.block, policy=db.policy, migration="002_add_discount")
     at_gate(run_id, "migration")
     with pg(db.name) as conn:
         assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (2,)
