@@ -247,7 +247,9 @@ def test_data_corruption_restores_the_last_good_backup_and_reports_the_gap(corru
     assert report.restored_from == good_key
     assert report.gap_rows == 27  # 7 rows written after the backup + 20 corrupted since
     text = postmortem(run_id)
-    assert "Data-loss window" in text and "orders: 27 rows" in text and report.kept_as in text
+    from sevflow import markdown as md
+
+    assert "Data-loss window" in text and "orders: 27 rows" in text and md.escape(report.kept_as) in text
 
 
 # --- rejections leave the live data as it was ------------------------------------------------
