@@ -81,7 +81,7 @@ def test_two_server_replicas_share_runs_and_events_through_redis(tmp_path: Path,
                               json={"flow_runs": {"id": {"any_": [flow_run_id]}}}, timeout=5).json()
             return [r for r in runs if r["state_type"] == "COMPLETED"]
 
-        runs = until(recorded_on_a, timeout=180, what="replica A to record the task run sent to replica B")
+        runs = until(recorded_on_a, timeout=420, what="replica A to record the task run sent to replica B")
         assert [r["name"].rsplit("-", 1)[0] for r in runs] == ["write through replica b"]
         assert redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=redis_db).dbsize() > 0  # the streams live there
     finally:
