@@ -117,7 +117,23 @@ _RESPONSE_TEXT = {
 }
 
 
-class ServiceSpec(BaseModel):
+class BlockReading(BaseModel):
+    """A block as one run read it (no secret values): plans are made from it, and a block edited
+    later is noticed by its fingerprint. `reading` (which reading of the run) is not part of it."""
+
+    def _fields(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"reading"})
+
+    def fingerprint(self) -> str:
+        return canonical_digest(self._fields())
+
+    def changes_since(self, earlier: BlockReading) -> list[str]:
+        """What moved from `earlier` to this one, a sentence per field."""
+        now, then = self._fields(), earlier._fields()
+        return [f"{name}: {then.get(name)!r} → {now.get(name)!r}" for name in now if now.get(name) != then.get(name)]
+
+
+class ServiceSpec(BlockReading):
     """A service target block as it was read once by a run: every field but the secret
     values (only their names). Plans are made from it, so the plan a person approves names
     exactly what the block said, and a block edited later is noticed (its fingerprint)."""
@@ -145,16 +161,6 @@ class ServiceSpec(BaseModel):
     def repository_path(self) -> Path:
         return Path(os.path.expanduser(self.repository))
 
-    def _fields(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"reading"})
-
-    def fingerprint(self) -> str:
-        return canonical_digest(self._fields())
-
-    def changes_since(self, earlier: ServiceSpec) -> list[str]:
-        """What moved from `earlier` to this one, a sentence per field."""
-        now, then = self._fields(), earlier._fields()
-        return [f"{name}: {then.get(name)!r} → {now.get(name)!r}" for name in now if now.get(name) != then.get(name)]
 
 
 class AwsAccess(BaseModel):
@@ -175,7 +181,7 @@ class WafIpSetRef(BaseModel):
     scope: Literal["REGIONAL", "CLOUDFRONT"] = "REGIONAL"
 
 
-class AwsAccountSpec(BaseModel):
+class AwsAccountSpec(BlockReading):
     """A `sevflow AWS Account Target` block as read once by a run (it holds no secret: the keys
     live in the prefect-aws `AwsCredentials` block it names). Plans are made from it."""
 
@@ -196,15 +202,6 @@ class AwsAccountSpec(BaseModel):
     approval_policy: str | None = None
     reading: str = Field(default="", description="which reading of the run this is; not part of the fingerprint")
 
-    def _fields(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"reading"})
-
-    def fingerprint(self) -> str:
-        return canonical_digest(self._fields())
-
-    def changes_since(self, earlier: AwsAccountSpec) -> list[str]:
-        now, then = self._fields(), earlier._fields()
-        return [f"{name}: {then.get(name)!r} → {now.get(name)!r}" for name in now if now.get(name) != then.get(name)]
 
 
 class AwsProbe(BaseModel):
@@ -480,7 +477,7 @@ ChangeKind = Literal[
 (failover, credential changes, restores...) add theirs here."""
 
 
-class OutageSpec(BaseModel):
+class OutageSpec(BlockReading):
     """An outage profile block as one run read it (no secret values, only whether they are
     set): where to look from, what to tell, how to fail over. Plans made from it name exactly
     what the block said; a block edited later is noticed by its fingerprint."""
@@ -510,15 +507,6 @@ class OutageSpec(BaseModel):
     probe_timeout_seconds: float = 5.0
     reading: str = Field(default="", description="which reading of the run this is; not fingerprinted")
 
-    def _fields(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"reading"})
-
-    def fingerprint(self) -> str:
-        return canonical_digest(self._fields())
-
-    def changes_since(self, earlier: OutageSpec) -> list[str]:
-        now, then = self._fields(), earlier._fields()
-        return [f"{name}: {then.get(name)!r} → {now.get(name)!r}" for name in now if now.get(name) != then.get(name)]
 
 
 class CacheCommandSpec(BaseModel):
@@ -531,7 +519,7 @@ class CacheCommandSpec(BaseModel):
     timeout_seconds: float = 300.0
 
 
-class HostSpec(BaseModel):
+class HostSpec(BlockReading):
     """A host target block as a run read it: what a Memory/Disk Full plan is made from."""
 
     block: str = Field(description="name of the sevflow Host Target block")
@@ -556,15 +544,6 @@ class HostSpec(BaseModel):
     prometheus_rules_dir: str | None = None
     reading: str = Field(default="", description="which reading of the run this is; not part of the fingerprint")
 
-    def _fields(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"reading"})
-
-    def fingerprint(self) -> str:
-        return canonical_digest(self._fields())
-
-    def changes_since(self, earlier: HostSpec) -> list[str]:
-        now, then = self._fields(), earlier._fields()
-        return [f"{name}: {then.get(name)!r} → {now.get(name)!r}" for name in now if now.get(name) != then.get(name)]
 
 
 class IntegrityCheck(BaseModel):
@@ -575,7 +554,7 @@ class IntegrityCheck(BaseModel):
     sql: str = Field(description="SELECT returning the bad rows; read-only")
 
 
-class DatabaseSpec(BaseModel):
+class DatabaseSpec(BlockReading):
     """A database target block as a run read it: every field but the DSN's secret (the server is
     shown without its password). Plans are made from it; its fingerprint notices edits."""
 
@@ -599,15 +578,6 @@ class DatabaseSpec(BaseModel):
     approval_policy: str | None = None
     reading: str = Field(default="", description="which reading of the run this is; not part of the fingerprint")
 
-    def _fields(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"reading"})
-
-    def fingerprint(self) -> str:
-        return canonical_digest(self._fields())
-
-    def changes_since(self, earlier: DatabaseSpec) -> list[str]:
-        now, then = self._fields(), earlier._fields()
-        return [f"{name}: {then.get(name)!r} → {now.get(name)!r}" for name in now if now.get(name) != then.get(name)]
 
 
 class BackupRef(BaseModel):
