@@ -519,10 +519,12 @@ def _no_worker_hint(flow_run_id: str) -> str | None:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
+        from prefect.exceptions import ObjectNotFound
+
         try:
             run = client.read_flow_run(UUID(flow_run_id))
-        except Exception:
-            return None  # answer_gate says what is wrong with the id
+        except (ObjectNotFound, ValueError):
+            return None  # no such run: answer_gate says so, with the id
         if run.deployment_id is None:
             return None
         deployment = client.read_deployment(run.deployment_id)
