@@ -3,7 +3,10 @@ machine's Redis (prefect-redis), as the README's "Running at scale" section sets
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -46,10 +49,25 @@ def redis_settings(db: int) -> dict[str, str]:
     }
 
 
-def test_two_server_replicas_share_runs_and_events_through_redis(tmp_path: Path, redis_db: int) -> None:
-    from prefect import flow, task
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+SMOKE_FLOW = """
+import sys
+from prefect import flow, task
 
+@task(name="write through replica b")
+def step() -> str:
+    return "done"
+
+@flow(name=sys.argv[1])
+def smoke() -> str:
+    return step()
+
+state = smoke(return_state=True)
+assert state.is_completed(), state
+print(state.state_details.flow_run_id)
+"""
+
+
+def test_two_server_replicas_share_runs_and_events_through_redis(tmp_path: Path, redis_db: int) -> None:
     settings = redis_settings(redis_db)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -61,27 +79,24 @@ def test_two_server_replicas_share_runs_and_events_through_redis(tmp_path: Path,
         api_only.database = services.database
         api_only.resume()  # the same database, already made
 
-        @task(name="write through replica b")
-        def step() -> str:
-            return "done"
-
-        @flow(name=f"redis-smoke-{uuid.uuid4().hex[:6]}")
-        def smoke() -> str:
-            return step()
-
-        # A run reported only to replica B: its task run reaches the database through Redis, to
-        # replica A's task-run recorder (B runs no services, and keeps no messages of its own).
-        with temporary_settings(updates={PREFECT_API_URL: api_only.api_url}):
-            state = smoke(return_state=True)
-        assert state.is_completed()
-        flow_run_id = str(state.state_details.flow_run_id)
+        # A run reported only to replica B, from a process of its own (Prefect's events worker is
+        # one per process and keeps the server it first met, so the run must not share this
+        # test process): its task run reaches the database through Redis, to replica A's
+        # task-run recorder (B runs no services, and keeps no messages of its own).
+        script = tmp_path / "smoke.py"
+        script.write_text(SMOKE_FLOW)
+        done = subprocess.run([sys.executable, str(script), f"redis-smoke-{uuid.uuid4().hex[:6]}"],
+                              env=dict(os.environ) | api_only.env(), capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        flow_run_id = done.stdout.strip().splitlines()[-1]
 
         def recorded_on_a() -> list[dict]:
             runs = httpx.post(f"{services.api_url}/task_runs/filter",
                               json={"flow_runs": {"id": {"any_": [flow_run_id]}}}, timeout=5).json()
             return [r for r in runs if r["state_type"] == "COMPLETED"]
 
-        runs = until(recorded_on_a, timeout=420, what="replica A to record the task run sent to replica B")
+        runs = until(recorded_on_a, timeout=300, what="replica A to record the task run sent to replica B")
         assert [r["name"].rsplit("-", 1)[0] for r in runs] == ["write through replica b"]
         assert redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=redis_db).dbsize() > 0  # the streams live there
     finally:
