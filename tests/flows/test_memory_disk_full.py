@@ -158,6 +158,62 @@ def test_rejected_gates_delete_and_kill_nothing(host, names, worker, tmp_path: P
     assert "not now: kill" in _postmortem(run_id)
 
 
+def test_an_unanswered_gate_expires_and_changes_nothing(host, names, worker, tmp_path: Path) -> None:
+    from sevflow.blocks import ApprovalPolicy, ApprovalRule, EscalationTier
+    from sevflow.flows.approval_escalation import approval_escalation
+
+    disk, procs = host
+    rules_dir = tmp_path / "prometheus"
+    rules_dir.mkdir()
+    save_host_target(names["block"], disk, procs, rules_dir)
+    ApprovalPolicy(rules=[ApprovalRule(change_kind="*", approvers=["alice", "bob"])],
+                   escalation={"*": [EscalationTier(name="tier 0", notify=["oncall"], wait_seconds=0.3)]},
+                   ).save(names["policy"], overwrite=True)
+    before = world(disk, procs, names["block"], rules_dir)
+
+    run_id = start("memory-disk-full", host=names["block"], policy=names["policy"])
+    at_gate(run_id, "caches")
+    until(lambda: approval_escalation().get(run_id) == "expired", interval=0.2, what="the gate to expire")
+    final = wait_final(run_id, timeout=120)
+    assert final.state.name == "AwaitingHumanDecision", final.state.message
+    assert "Nothing was changed" in final.state.message
+    assert world(disk, procs, names["block"], rules_dir) == before
+    assert all(p.poll() is None for p in procs.children.values())
+
+
+def test_a_host_target_edited_while_the_gate_waits_changes_nothing(host, names, worker, tmp_path: Path) -> None:
+    """The caches plan was made from the block as it was; the block is edited to clear another
+    folder before the answer: the approved plan no longer holds, nothing of it runs, and the run
+    asks again about the plan the edited block makes."""
+    from sevflow.tasks.orchestrator import read_records
+
+    disk, procs = host
+    rules_dir = tmp_path / "prometheus"
+    rules_dir.mkdir()
+    save_host_target(names["block"], disk, procs, rules_dir)
+    before = world(disk, procs, names["block"], rules_dir)
+
+    run_id = start("memory-disk-full", host=names["block"], policy=names["policy"])
+    at_gate(run_id, "caches")
+    save_host_target(names["block"], disk, procs, rules_dir, cache_folders=[str(disk.tmp)])
+    edited = world(disk, procs, names["block"], rules_dir)
+    assert "Approved by alice" in answer_gate(run_id, "approve", "alice", "clear the app cache", wait_seconds=60)
+
+    wait_for(run_id, lambda r: bool(r.state and (r.state.is_final() or (
+        r.state.type.value == "PAUSED" and str(r.state.state_details.pause_key) == "caches-2-answer-1"))),
+        timeout=120, what="the run to ask again about the edited block's plan")
+    assert world(disk, procs, names["block"], rules_dir) == edited == before
+    drift = [v["description"] for k, v in read_records(run_id).items() if k.endswith("-drift")]
+    assert len(drift) == 1 and "nothing was changed" in drift[0], drift
+    answer_gate(run_id, "reject", "bob", "not the plan we discussed", wait_seconds=60)
+    for gate in GATES[1:]:
+        at_gate(run_id, gate)
+        answer_gate(run_id, "reject", "bob", "not now", wait_seconds=60)
+    assert wait_final(run_id, timeout=120).state.name == "Rejected"
+    assert world(disk, procs, names["block"], rules_dir) == before
+    assert all(p.poll() is None for p in procs.children.values())
+
+
 def test_a_symlink_out_of_the_allow_list_is_not_followed(host, names, worker, tmp_path: Path) -> None:
     """The whole allow-list is a symlink's target away from `outside`: the plan lists nothing
     behind a link, and the approved deletion leaves `outside` exactly as it was."""
