@@ -301,3 +301,51 @@ def _postmortem(run_id: str) -> str:
     texts = [a.data for a in artifacts if a.key and a.key.endswith("-postmortem")]
     assert texts, [a.key for a in artifacts]
     return str(texts[-1])
+
+
+def test_a_disk_full_alert_starts_it_on_its_host(host, names, worker, stack, tmp_path: Path) -> None:
+    """An intake rule turns a DiskFull alert into this procedure for the host its label names, at
+    the rule's severity; rejected, it changes nothing."""
+    import httpx
+
+    from tests.intake.conftest import TOKENS, save_sources
+    from tests.support.stack import Intake
+
+    disk, procs = host
+    rules_dir = tmp_path / "prometheus"
+    rules_dir.mkdir()
+    save_host_target(names["block"], disk, procs, rules_dir)
+    before = world(disk, procs, names["block"], rules_dir)
+    save_sources("http://127.0.0.1:9")
+    rules = f"""\
+rules:
+  - name: disk-full
+    match:
+      labels: {{alertname: DiskFull}}
+    procedure: memory-disk-full
+    service_label: instance
+    severity: SEV-2
+    parameters: {{policy: {names["policy"]}}}
+"""
+    intake = Intake(stack.env(), tmp_path / "intake", rules, answer_wait=5.0)
+    intake.start()
+    try:
+        alert = {"id": f"disk-{names['block']}", "summary": f"{disk.root} is 97% full",
+                 "labels": {"alertname": "DiskFull", "instance": names["block"]}}
+        headers = {"Authorization": f"Bearer {TOKENS['generic']}"}
+
+        def run_of_alert() -> str | None:
+            answer = httpx.post(f"{intake.url}/alerts/generic", json=alert, headers=headers, timeout=15).json()
+            return answer["alerts"][0]["flow_run_id"]
+
+        run_id = until(run_of_alert, timeout=60, what="the alert's run")
+        run = at_gate(run_id, "caches")
+        assert run.parameters["host"] == names["block"] and run.parameters["severity"] == "SEV-2"
+        for gate in GATES:
+            at_gate(run_id, gate)
+            answer_gate(run_id, "reject", "bob", "handled by hand", wait_seconds=60)
+        assert wait_final(run_id, timeout=120).state.name == "Rejected"
+        assert world(disk, procs, names["block"], rules_dir) == before
+        assert all(p.poll() is None for p in procs.children.values())
+    finally:
+        intake.stop()
