@@ -321,3 +321,25 @@ def test_alerts_per_delivery_are_capped_with_a_clear_413(intake: Intake, stored:
     r = post(intake, "generic", {"alerts": alerts})
     assert r.status_code == 413 and "limit is 500 alerts per delivery" in r.json()["error"]
     assert stored.count() == before
+
+
+def test_a_rotated_token_applies_without_a_restart(intake: Intake, aws: AwsStandIn, stored: StoreView) -> None:
+    """The Alert Source blocks are re-read every 2 s (`credentials_refresh`): a rotated bearer
+    token is accepted and the old one refused, with no restart of the intake."""
+    from pydantic import SecretStr
+
+    from sevflow.blocks import AlertSource
+
+    rotated = f"data-rotated-{uuid.uuid4().hex[:8]}"
+    doc = json.loads(fixture("datadog-triggered.json"))
+    assert post(intake, "datadog", doc).status_code == 202
+    AlertSource(bearer_token=SecretStr(rotated)).save("datadog", overwrite=True)
+    try:
+        until(lambda: post(intake, "datadog", doc, token=rotated).status_code == 202, interval=0.2,
+              what="the rotated token to apply")
+        before = stored.count()
+        refused = post(intake, "datadog", doc)
+        assert refused.status_code == 401, refused.text
+        assert stored.count() == before
+    finally:
+        save_sources(aws.url)

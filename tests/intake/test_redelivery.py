@@ -28,8 +28,9 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.intake.conftest import ALERTMANAGER_BASIC, GRAFANA_SECRET, PD_SECRET, RULES, TOKENS, StoreView, save_sources
-from tests.support.alerts import fixture
+from tests.intake.conftest import (ALERTMANAGER_BASIC, GRAFANA_SECRET, PD_SECRET, RULES, SNS_TOPIC, TOKENS, StoreView,
+                                   save_sources)
+from tests.support.alerts import SnsSigner, fixture, sns_alarm
 from tests.support.proxy import CountingProxy
 from tests.support.services import AwsStandIn
 from tests.support.stack import Intake, PrefectServer, register_procedures
@@ -44,6 +45,17 @@ COUNTED_RULES = RULES + f"""\
     procedure: application-rollback
     service: {PD_SERVICE}
     severity: SEV-1
+  # Opsgenie and SNS name no service label either: one rule each, for one service
+  - name: opsgenie
+    match: {{source: opsgenie}}
+    procedure: application-rollback
+    service: shop-opsgenie
+    severity: SEV-2
+  - name: sns
+    match: {{source: sns}}
+    procedure: application-rollback
+    service: shop-sns
+    severity: SEV-2
 """
 
 
@@ -233,6 +245,70 @@ def test_pagerduty_webhook_retries_are_one_incident(counted: Counted) -> None:
     for _ in range(2):  # PagerDuty retries the same delivery (same X-Webhook-Id) on a timeout
         assert counted.post("pagerduty", body, sig)["alerts"][0]["incident_id"] == incident
     counted.one_run_each(incident)
+
+
+def test_opsgenie_actions_and_retries_are_one_incident_per_alert(counted: Counted) -> None:
+    """Opsgenie posts every action on an alert (Create, AddNote, Acknowledge, Close) and retries a
+    delivery it saw fail; the alias is the identity, the alertId the episode."""
+    alias = f"checkout-down-{uuid.uuid4().hex[:6]}"
+
+    def og(action: str, alert_id: str) -> dict[str, Any]:
+        doc = json.loads(fixture("opsgenie-create.json"))
+        doc["action"] = action
+        doc["alert"] |= {"alias": alias, "alertId": alert_id, "entity": alias}
+        return doc
+
+    first_id = str(uuid.uuid4())
+    opened = counted.post("opsgenie", og("Create", first_id))["alerts"][0]
+    assert opened["outcome"] == "started", opened
+    incident = opened["incident_id"]
+    for action in ("Create", "AddNote", "Acknowledge"):  # a retried Create, then the alert's life
+        later = counted.post("opsgenie", og(action, first_id))["alerts"][0]
+        assert (later["outcome"], later["incident_id"]) == ("duplicate", incident), (action, later)
+    closed = counted.post("opsgenie", og("Close", first_id))["alerts"][0]
+    assert (closed["outcome"], closed["incident_id"]) == ("resolved", incident)
+    counted.end_run(incident)
+    # after the run ended: the old alert's Create re-sent opens nothing ...
+    old = counted.post("opsgenie", og("Create", first_id))["alerts"][0]
+    assert (old["outcome"], old["incident_id"]) == ("duplicate", incident)
+    # ... a new Opsgenie alert under the same alias is one new incident, however often sent
+    second_id = str(uuid.uuid4())
+    again = [counted.post("opsgenie", og("Create", second_id))["alerts"][0] for _ in range(3)]
+    assert [a["outcome"] for a in again] == ["started", "duplicate", "duplicate"]
+    second = again[0]["incident_id"]
+    assert second != incident and {a["incident_id"] for a in again} == {second}
+    counted.one_run_each(incident, second)
+
+
+def test_sns_redeliveries_and_alarm_cycles_are_one_incident_each(counted: Counted, aws: AwsStandIn,
+                                                                    sns_signer: SnsSigner) -> None:
+    """SNS re-delivers a message (same MessageId) until it gets a 2xx; a CloudWatch alarm goes
+    ALARM -> OK -> ALARM; each state change carries its StateChangeTime (the episode)."""
+    cert = f"{aws.url}/SimpleNotificationService-test.pem"
+    alarm = f"api-errors-{uuid.uuid4().hex[:6]}"
+
+    def sns(state: str, changed: str) -> dict[str, Any]:
+        body = json.dumps(sns_signer.sign(sns_alarm(SNS_TOPIC, alarm, state=state, cert_url=cert,
+                                                    changed=changed))).encode()
+        r = httpx.post(f"{counted.intake.url}/alerts/sns", content=body, timeout=15,
+                       headers={"Content-Type": "text/plain; charset=UTF-8", "x-amz-sns-message-type": "Notification"})
+        assert r.status_code == 202, r.text
+        return r.json()["alerts"][0]
+
+    first = [sns("ALARM", "2026-11-26T09:00:00.000+0000") for _ in range(3)]  # delivered, then re-delivered
+    assert [a["outcome"] for a in first] == ["started", "duplicate", "duplicate"]
+    incident = first[0]["incident_id"]
+    ok = sns("OK", "2026-11-26T09:20:00.000+0000")
+    assert (ok["outcome"], ok["incident_id"]) == ("resolved", incident)
+    counted.end_run(incident)
+    # the old ALARM re-delivered late opens nothing; the alarm firing again is one new incident
+    late = sns("ALARM", "2026-11-26T09:00:00.000+0000")
+    assert (late["outcome"], late["incident_id"]) == ("duplicate", incident)
+    again = [sns("ALARM", "2026-11-26T11:00:00.000+0000") for _ in range(2)]
+    assert [a["outcome"] for a in again] == ["started", "duplicate"]
+    second = again[0]["incident_id"]
+    assert second != incident
+    counted.one_run_each(incident, second)
 
 
 def test_one_run_creation_per_incident_under_concurrent_alerts(counted: Counted) -> None:
