@@ -61,8 +61,12 @@ def server_environment(home: Path, port: int, database: str | None = None) -> di
     return env
 
 
-def wait_healthy(api_url: str, process: subprocess.Popen[bytes] | None, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
+def wait_healthy(api_url: str, process: subprocess.Popen[bytes] | None, timeout: float = 300.0,
+                 note: Callable[[str], Any] | None = None) -> None:
+    """Wait for the server's /health. A first start creates its database (migrations), which on
+    a busy machine takes minutes: say so every 30 s rather than give up early."""
+    started = time.monotonic()
+    deadline, next_note = started + timeout, started + 30
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise ConfigurationError(f"The Prefect server exited with code {process.returncode} while starting.")
@@ -71,6 +75,9 @@ def wait_healthy(api_url: str, process: subprocess.Popen[bytes] | None, timeout:
                 return
         except httpx.TransportError:
             pass
+        if note is not None and time.monotonic() >= next_note:
+            note(f"  still starting ({time.monotonic() - started:.0f} s; a first start creates its database) ...")
+            next_note += 30
         time.sleep(0.3)
     raise ConfigurationError(f"The Prefect server at {api_url} did not answer /health within {timeout:.0f}s.")
 
@@ -259,7 +266,7 @@ def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, int
             children.append(server)
             server.start(watchdog)
             assert server.process is not None
-            wait_healthy(api_url, server.process)
+            wait_healthy(api_url, server.process, note=echo)
             worker_env = server_environment(home, port, database)
             worker_env["PREFECT_API_URL"] = api_url
         ui = api_url[: -len("/api")] if api_url.endswith("/api") else api_url
@@ -280,7 +287,7 @@ def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, int
             children[-1].start(watchdog)
         echo("")
         echo(f"sevflow is up. Prefect UI: {ui}")
-        echo(f"  Deployments: {ui}/deployments  (Run → application-rollback, configuration-rollback)")
+        echo(f"  Deployments: {ui}/deployments  (Run → a procedure: application-rollback, production-system-down, ...)")
         echo(f"  Blocks:      {ui}/blocks  (add a 'sevflow Service Target'; edit 'sevflow Approval Policy' default)")
         echo("  Waiting approvals:  PREFECT_API_URL=" + api_url + " sevflow pending")
         echo("  Approve:            sevflow approve <flow-run-id> --as NAME --reason TEXT  (or Resume in the UI)")
