@@ -339,7 +339,7 @@ def save_policy(name: str) -> None:
         name, overwrite=True)
 
 
-def sevflow_run(root: Path, policy: str, deployment: str = "application-rollback/sevflow",
+def sevflow_run(root: Path, policy: str, deployment: str = "application-rollback/Rollback: Application",
                 queue: str | None = None) -> Callable[[int], Sample]:
     from sevflow.gate import answer_gate
 
@@ -477,7 +477,7 @@ def measure(root: Path, runs: int, warmup: int) -> list[Config]:
 
         from sevflow.deployments import deploy
 
-        asyncio.run(deploy(escalation_interval=None, deployment_name="pool"))
+        asyncio.run(deploy(escalation_interval=None, name="pool"))
         pool_worker = PoolWorker(env, home / "pool-worker")
         for process in (spawn, fast, worker, pool_worker):
             stack.callback(process.stop)

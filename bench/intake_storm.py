@@ -165,7 +165,7 @@ def measure_latency(api: str, env: dict[str, str], home: Path, intake_port: int,
         children.append(subprocess.Popen(
             [sys.executable, "-m", "sevflow", "serve", "--limit", "20", "--poll", "0.2", "--escalation-interval", "0"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        deployment = client.get("/deployments/name/application-rollback/sevflow").json()["id"]
+        deployment = client.get("/deployments/name/application-rollback/Rollback: Application").json()["id"]
         deadline = time.monotonic() + 120
         while client.get(f"/deployments/{deployment}").json().get("status") != "READY":  # the worker serves it
             if time.monotonic() > deadline:

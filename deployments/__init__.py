@@ -1,5 +1,6 @@
-"""How each procedure is deployed: one deployment named `sevflow` per flow, served by
-`sevflow serve` (and `sevflow up`), plus the scheduled escalation watcher."""
+"""How each procedure is deployed: one deployment per flow, named after its runbook section so
+the UI's deployment list reads as the runbook, served by `sevflow serve` (and `sevflow up`),
+plus the scheduled escalation watcher."""
 
 from __future__ import annotations
 
@@ -8,7 +9,31 @@ from typing import Any
 
 from prefect import Flow
 
-DEPLOYMENT_NAME = "sevflow"
+# Each flow's deployment, named as the runbook (EMERGENCY-PROCEDURES.md) names its section.
+# Prefect refuses '/' in a name, so "Memory/Disk Full" reads "Memory or Disk Full".
+RUNBOOK_NAMES: dict[str, str] = {
+    "production-system-down": "Production System Down",
+    "security-breach": "Security Breach",
+    "data-corruption": "Data Corruption",
+    "memory-disk-full": "Memory or Disk Full",
+    "application-rollback": "Rollback: Application",
+    "configuration-rollback": "Rollback: Configuration",
+    "database-rollback": "Rollback: Database",
+    "approval-escalation": "Escalation Path",
+}
+
+
+def deployment_name(flow_name: str) -> str:
+    """The deployment's name for flow `flow_name` (its runbook section)."""
+    try:
+        return RUNBOOK_NAMES[flow_name]
+    except KeyError:
+        raise ValueError(f"{flow_name!r} is not a sevflow procedure; procedures: {', '.join(RUNBOOK_NAMES)}") from None
+
+
+def deployment_path(flow_name: str) -> str:
+    """`<flow>/<deployment>`, as run_deployment and read_deployment_by_name take it."""
+    return f"{flow_name}/{deployment_name(flow_name)}"
 
 
 def procedures() -> dict[str, Flow[Any, Any]]:
@@ -39,13 +64,14 @@ def flow_modules() -> list[str]:
 def deployment_kwargs(escalation_interval: float | None) -> list[tuple[Flow[Any, Any], dict[str, Any]]]:
     """(flow, arguments for Runner.add_flow) for everything sevflow serves."""
     out: list[tuple[Flow[Any, Any], dict[str, Any]]] = [
-        (f, dict(name=DEPLOYMENT_NAME, tags=["sevflow"], description=(f.description or "").strip().split("\n")[0]))
+        (f, dict(name=deployment_name(f.name), tags=["sevflow"],
+                 description=(f.description or "").strip().split("\n")[0]))
         for f in procedures().values()
     ]
     schedule: dict[str, Any] = {}
     if escalation_interval:
         schedule = dict(interval=timedelta(seconds=escalation_interval))
-    out.append((watcher(), dict(name=DEPLOYMENT_NAME, tags=["sevflow-watcher"], **schedule)))
+    out.append((watcher(), dict(name=deployment_name(watcher().name), tags=["sevflow-watcher"], **schedule)))
     return out
 
 
@@ -129,10 +155,10 @@ async def ensure_pool(client: Any, hosts: tuple[str, ...] = ()) -> None:
 
 
 async def deploy(hosts: tuple[str, ...] = (), escalation_interval: float | None = 30.0,
-                 deployment_name: str = DEPLOYMENT_NAME) -> list[str]:
-    """Register every procedure (and the escalation watcher) as deployment `<flow>/sevflow` in
-    the work pool, on the server PREFECT_API_URL names. Returns `flow/deployment` names.
-    (`deployment_name`: another name, for the benchmark that runs both kinds on one server.)"""
+                 name: str | None = None) -> list[str]:
+    """Register every procedure (and the escalation watcher) as deployment `<flow>/<runbook
+    section>` in the work pool, on the server PREFECT_API_URL names. Returns `flow/deployment`
+    names. (`name`: one other name for all, for the benchmark that runs both kinds on one server.)"""
     from prefect.client.orchestration import get_client
     from prefect.types.entrypoint import EntrypointType
 
@@ -142,9 +168,9 @@ async def deploy(hosts: tuple[str, ...] = (), escalation_interval: float | None 
     for flow, kwargs in deployment_kwargs(escalation_interval):
         queue = WATCHER_QUEUE if flow is watcher() or flow.name == watcher().name else DEFAULT_QUEUE
         deployment = await flow.ato_deployment(
-            work_queue_name=queue, entrypoint_type=EntrypointType.MODULE_PATH, **(kwargs | {"name": deployment_name}),
+            work_queue_name=queue, entrypoint_type=EntrypointType.MODULE_PATH, **(kwargs | ({"name": name} if name else {})),
         )
         deployment.entrypoint = entrypoint(flow)
         await deployment.aapply(work_pool_name=POOL)
-        done.append(f"{flow.name}/{deployment_name}")
+        done.append(f"{flow.name}/{name or kwargs['name']}")
     return done

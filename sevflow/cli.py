@@ -194,14 +194,14 @@ def run(
     """Start a procedure's run on its deployment (in its severity's queue) and print its link."""
     from prefect.deployments import run_deployment
 
-    from sevflow.deployments import DEPLOYMENT_NAME
+    from sevflow.deployments import deployment_path
     from sevflow.tasks.orchestrator import run_url
 
     params = _procedure_params(procedure, param)
     if key and not Path(key).expanduser().exists():
         _fail(f"No signing key at {key}: nothing was started.")
     try:
-        flow_run = run_deployment(f"{procedure}/{DEPLOYMENT_NAME}", parameters=params, timeout=0,
+        flow_run = run_deployment(deployment_path(procedure), parameters=params, timeout=0,
                                   work_queue_name=_queue_for_run(procedure, params, host))
     except Exception as exc:  # the server's words are the useful part
         _fail(f"could not start {procedure}: {exc}")
@@ -214,11 +214,11 @@ def _queue_for_run(procedure: str, params: dict[str, Any], host: str) -> str | N
     """Work pool deployments: the run goes to its severity's queue (or its host's)."""
     from prefect.client.orchestration import get_client
 
-    from sevflow.deployments import DEPLOYMENT_NAME, run_queue
+    from sevflow.deployments import deployment_path, run_queue
 
     with get_client(sync_client=True) as client:
         try:
-            deployment = client.read_deployment_by_name(f"{procedure}/{DEPLOYMENT_NAME}")
+            deployment = client.read_deployment_by_name(deployment_path(procedure))
         except Exception as exc:  # the server's words are the useful part
             _fail(f"could not start {procedure}: {exc}. Is `sevflow up`, `sevflow serve` or `sevflow deploy` "
                   "done against this server?")

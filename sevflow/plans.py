@@ -221,7 +221,7 @@ def hotfix_plan(spec: ServiceSpec, fix: CommitInfo, preview: RollbackPreview, ru
 
 # --- Memory/Disk Full --------------------------------------------------------------------
 
-MONITORING_DEPLOYMENT = "memory-disk-full/sevflow"
+MONITORING_DEPLOYMENT = "memory-disk-full/Memory or Disk Full"  # deployments.deployment_path("memory-disk-full")
 
 
 def host_unchanged(spec: HostSpec) -> Precondition:

@@ -118,19 +118,19 @@ async def _kept_schedules() -> dict[str, list[Any]]:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from sevflow.deployments import DEPLOYMENT_NAME, procedures
+    from sevflow.deployments import deployment_path, procedures
 
     kept: dict[str, list[Any]] = {}
     async with get_client() as client:
         for name in procedures():
             try:
-                dep = await client.read_deployment_by_name(f"{name}/{DEPLOYMENT_NAME}")
+                dep = await client.read_deployment_by_name(deployment_path(name))
             except ObjectNotFound:
                 continue
             schedules = [s for s in await client.read_deployment_schedules(dep.id)
                          if (s.slug or "").startswith(KEPT_SCHEDULE_PREFIX)]
             if schedules:
-                kept[f"{name}/{DEPLOYMENT_NAME}"] = schedules
+                kept[deployment_path(name)] = schedules
     return kept
 
 
@@ -214,7 +214,7 @@ def _work_pool_worker_class() -> type:
     from prefect.runner._process_manager import ProcessHandle
     from prefect.workers.process import ProcessWorker, ProcessWorkerResult
 
-    from sevflow.deployments import DEPLOYMENT_NAME, procedures, watcher
+    from sevflow.deployments import deployment_name, procedures, watcher
 
     known = {f.name: f for f in (*procedures().values(), watcher())}
 
@@ -226,7 +226,7 @@ def _work_pool_worker_class() -> type:
             self._flow, self._env, self._control_channel = flow, env, control_channel
 
         async def start(self, flow_run: Any, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-            env: dict[str, str | None] = {**self._env, "PREFECT__DEPLOYMENT_NAME": DEPLOYMENT_NAME}
+            env: dict[str, str | None] = {**self._env, "PREFECT__DEPLOYMENT_NAME": deployment_name(self._flow.name)}
             registered = False
             try:
                 port, token = self._control_channel.register(flow_run.id)

@@ -16,6 +16,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from tests.support.repos import BUILD, ServiceRepo, make_service_repo, save_service_target  # noqa: E402
 from tests.support.services import HealthApp, WebhookReceiver  # noqa: E402
 from tests.support.stack import PrefectServer, Worker  # noqa: E402
+from sevflow.deployments import deployment_path
 
 DEPLOY_TOKEN = "dpl-tok-7f3a9c1e5b"  # a secret: must appear in no log and no artifact
 HEALTH_TOKEN = "hc-tok-2b8d4e6f0a"
@@ -159,7 +160,7 @@ def api(stack: PrefectServer) -> httpx.Client:
 def start(procedure: str, **parameters: Any) -> str:
     from prefect.deployments import run_deployment
 
-    return str(run_deployment(f"{procedure}/sevflow", parameters=parameters, timeout=0).id)
+    return str(run_deployment(deployment_path(procedure), parameters=parameters, timeout=0).id)
 
 
 def read_run(run_id: str) -> Any:

@@ -92,7 +92,7 @@ def test_status_lists_server_workers_intake_and_watcher(worker, stack) -> None:
     assert shown.returncode == 0, shown.stderr
     text = shown.stdout
     assert f"Prefect server  {stack.api_url}: healthy" in text
-    assert re.search(r"served application-rollback/sevflow: polled \d+ s ago", text), text
+    assert re.search(r"served application-rollback/Rollback: Application: polled \d+ s ago", text), text
     assert "Intake          http://127.0.0.1:9: not answering" in text
     assert re.search(r"Watcher +last pass \d+ s ago: Completed", text), text
     assert "Answered, not yet resumed:" in text

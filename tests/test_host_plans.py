@@ -71,3 +71,9 @@ def test_prevention_asks_only_for_what_is_missing() -> None:
     assert plans.prevention_plan(s, "dep-id", True, True, True, "r", "e") is None
     only = plans.prevention_plan(spec(), "dep-id", True, False, False, "r", "e")
     assert only is not None and [op.op for op in only.operations] == ["schedule-cleanup"]
+
+
+def test_the_cleanup_schedule_names_the_memory_disk_full_deployment() -> None:
+    from sevflow.deployments import deployment_path
+
+    assert plans.MONITORING_DEPLOYMENT == deployment_path("memory-disk-full")

@@ -21,6 +21,7 @@ from tests.conftest import Service, read_run, wait_final, wait_paused
 from tests.support.repos import BUILD, git
 from tests.support.stack import PoolWorker, PrefectServer
 from tests.support.wait import until
+from sevflow.deployments import deployment_path
 
 BUCKET = "sevflow-fleet"
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -117,7 +118,7 @@ def _service(root: Path, receiver: object = None) -> Service:
 def _create_run(procedure: str, queue: str, **parameters: object) -> str:
     from prefect.deployments import run_deployment
 
-    return str(run_deployment(f"{procedure}/sevflow", parameters=parameters, timeout=0, work_queue_name=queue).id)
+    return str(run_deployment(deployment_path(procedure), parameters=parameters, timeout=0, work_queue_name=queue).id)
 
 
 def test_pool_queues_follow_severity(fleet: Fleet) -> None:
@@ -126,7 +127,7 @@ def test_pool_queues_follow_severity(fleet: Fleet) -> None:
     with get_client(sync_client=True) as client:
         queues = sorted(client.read_work_queues(work_pool_name="sevflow"), key=lambda q: q.priority)
         pool = client.read_work_pool("sevflow")
-        deployment = client.read_deployment_by_name("application-rollback/sevflow")
+        deployment = client.read_deployment_by_name(deployment_path("application-rollback"))
     assert [q.name for q in queues][:4] == ["sev-1", "sev-2", "sev-3", "sev-4"]
     assert pool.type == "process"
     assert deployment.work_pool_name == "sevflow" and deployment.work_queue_name == "sev-2"
@@ -209,7 +210,7 @@ def test_a_gate_opened_on_host_a_completes_on_host_b_and_repeats_no_side_effect(
 def test_prefect_deploy_all_registers_every_procedure_on_a_fresh_server(tmp_path: Path,
                                                                        workers: list[PoolWorker]) -> None:
     import sevflow.deployments as sevflow_deployments
-    from sevflow.deployments import entrypoint, procedures, watcher
+    from sevflow.deployments import deployment_name, entrypoint, procedures, watcher
 
     (tmp_path / "prefect").mkdir()
     server = PrefectServer(tmp_path / "prefect")
@@ -234,7 +235,7 @@ def test_prefect_deploy_all_registers_every_procedure_on_a_fresh_server(tmp_path
         expected = {f.name: f for f in (*procedures().values(), watcher())}
         assert set(found) == set(expected)
         for name, flow in expected.items():
-            assert found[name]["name"] == "sevflow"
+            assert found[name]["name"] == deployment_name(name)  # as `sevflow deploy` names it
             assert found[name]["entrypoint"] == entrypoint(flow)
             assert found[name]["work_pool_name"] == "sevflow"
 

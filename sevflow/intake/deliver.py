@@ -38,7 +38,7 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 
-from sevflow.deployments import DEPLOYMENT_NAME
+from sevflow.deployments import deployment_path
 from sevflow.intake.store import Incident, Pending, Store, _seen_key
 from sevflow.models import RECORD_PREFIX, TimelineEntry, incident_resource
 
@@ -251,9 +251,9 @@ class Deliverer:
     async def _deployment(self, client: PrefectClient, procedure: str) -> UUID:
         if procedure not in self._deployments:
             try:
-                deployment = await client.read_deployment_by_name(f"{procedure}/{DEPLOYMENT_NAME}")
+                deployment = await client.read_deployment_by_name(deployment_path(procedure))
             except ObjectNotFound as exc:
-                raise NotServed(f"no deployment {procedure}/{DEPLOYMENT_NAME}: is `sevflow serve` (or `sevflow up`) "
+                raise NotServed(f"no deployment {deployment_path(procedure)}: is `sevflow serve` (or `sevflow up`) "
                                 "running against this Prefect server?") from exc
             self._deployments[procedure] = deployment.id
         return self._deployments[procedure]

@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from tests.conftest import Service, start, wait_final
+from sevflow.deployments import deployment_path
 
 
 def _fails_with(run_id: str, *phrases: str) -> None:
@@ -65,7 +66,7 @@ def test_bad_parameters_are_refused_by_the_server(params: dict, service: Service
     from prefect.deployments import run_deployment
 
     with pytest.raises(Exception, match="(?i)validation|parameter"):
-        run_deployment("application-rollback/sevflow", parameters=params, timeout=0)
+        run_deployment(deployment_path("application-rollback"), parameters=params, timeout=0)
 
 
 def test_production_down_without_an_outage_profile_says_what_to_create(service: Service, worker) -> None:

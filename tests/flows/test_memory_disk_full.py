@@ -24,6 +24,7 @@ from sevflow.models import Plan
 from tests.conftest import start, wait_final, wait_for
 from tests.support.wait import until
 from tests.support.hosts import (
+from sevflow.deployments import deployment_path
     DiskWorld,
     Processes,
     host_fixture,
@@ -124,7 +125,7 @@ def test_approved_it_frees_the_space_kills_the_leaking_process_and_adds_monitori
     restarted_at = datetime.now(timezone.utc)
     worker.stop()
     worker.start()
-    until(lambda: _deployment("approval-escalation/sevflow").updated > restarted_at, timeout=120,
+    until(lambda: _deployment(deployment_path("approval-escalation")).updated > restarted_at, timeout=120,
           what="the restarted worker to register every deployment again")
     [kept] = until(lambda: prevention_in_place(names["block"])["schedules"], timeout=60, what="the kept schedule")
     assert kept.parameters == found["schedules"][0].parameters and kept.schedule == found["schedules"][0].schedule

@@ -28,6 +28,7 @@ from tests.conftest import WEBHOOK_TOKEN, Service, read_run, wait_final, wait_fo
 from tests.support.repos import git
 from tests.support.services import Answering, ProbeService, WebhookReceiver
 from tests.support.wait import until
+from sevflow.deployments import deployment_path
 
 STATUS_TOKEN = "sp-tok-4c2e8a6b1d"  # a secret: must appear in no log, artifact or record
 OLD = "2026-01-05T10:00:00+00:00"  # a history with no recent deploy
@@ -138,7 +139,7 @@ def start(o: Outage, **parameters: Any) -> str:
     from prefect.deployments import run_deployment
 
     params = {"service": o.name, "policy": o.service.policy, "severity": "SEV-1"} | parameters
-    return str(run_deployment(f"{PROCEDURE}/sevflow", parameters=params, timeout=0).id)
+    return str(run_deployment(deployment_path(PROCEDURE), parameters=params, timeout=0).id)
 
 
 def paused_at(run_id: str, key: str) -> Any:
@@ -475,7 +476,7 @@ def test_sevflow_plan_shows_the_plan_and_changes_nothing(outage: Outage, stack: 
 
 def test_the_run_form_documents_every_parameter(stack: Any, worker: Any) -> None:
     with httpx.Client(base_url=stack.api_url, timeout=10) as client:
-        deployment = client.get(f"/deployments/name/{PROCEDURE}/sevflow").json()
+        deployment = client.get(f"/deployments/name/{deployment_path(PROCEDURE)}").json()
     properties = deployment["parameter_openapi_schema"]["properties"]
     assert set(properties) == {"service", "profile", "severity", "incident_id", "reason", "policy", "dry_run"}
     assert "Outage Profile" in properties["profile"]["description"]

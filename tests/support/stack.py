@@ -17,6 +17,7 @@ import psycopg
 
 from sevflow.embedded import stop as stop_group
 from sevflow.embedded import wait_healthy
+from sevflow.deployments import deployment_path
 
 PG_DSN = os.environ.get("SEVFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -130,7 +131,7 @@ class Worker(_Child):
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"sevflow serve exited: see {self.log_path}")
-            if all(httpx.get(f"{api_url}/deployments/name/{n}/sevflow", timeout=5).status_code == 200 for n in names):
+            if all(httpx.get(f"{api_url}/deployments/name/{deployment_path(n)}", timeout=5).status_code == 200 for n in names):
                 return
             time.sleep(0.3)
         raise RuntimeError(f"sevflow serve did not register its deployments: see {self.log_path}")
@@ -224,12 +225,12 @@ def register_procedures(api_url: str) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.utilities.callables import parameter_schema
 
-    from sevflow.deployments import DEPLOYMENT_NAME, procedures
+    from sevflow.deployments import deployment_name, procedures
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
         for name, flow in procedures().items():
             flow_id = client.create_flow_from_name(name)
-            client.create_deployment(flow_id=flow_id, name=DEPLOYMENT_NAME,
+            client.create_deployment(flow_id=flow_id, name=deployment_name(name),
                                      parameter_openapi_schema=parameter_schema(flow.fn).model_dump_for_openapi(),
                                      enforce_parameter_schema=True)
 
