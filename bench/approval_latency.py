@@ -477,7 +477,7 @@ def measure(root: Path, runs: int, warmup: int) -> list[Config]:
 
         from sevflow.deployments import deploy
 
-        asyncio.run(deploy(escalation_interval=None, name="pool"))
+        asyncio.run(deploy(name="pool"))
         pool_worker = PoolWorker(env, home / "pool-worker")
         for process in (spawn, fast, worker, pool_worker):
             stack.callback(process.stop)

@@ -4,7 +4,6 @@ plus the scheduled escalation watcher."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from prefect import Flow
@@ -61,17 +60,16 @@ def flow_modules() -> list[str]:
     return [f.fn.__module__ for f in (*procedures().values(), watcher())]
 
 
-def deployment_kwargs(escalation_interval: float | None) -> list[tuple[Flow[Any, Any], dict[str, Any]]]:
-    """(flow, arguments for Runner.add_flow) for everything sevflow serves."""
+def deployment_kwargs() -> list[tuple[Flow[Any, Any], dict[str, Any]]]:
+    """(flow, arguments for Runner.add_flow) for everything sevflow serves. The watcher has no
+    schedule: workers look for due escalations and start its run only then (sevflow.worker)."""
     out: list[tuple[Flow[Any, Any], dict[str, Any]]] = [
         (f, dict(name=deployment_name(f.name), tags=["sevflow"],
                  description=(f.description or "").strip().split("\n")[0]))
         for f in procedures().values()
     ]
-    schedule: dict[str, Any] = {}
-    if escalation_interval:
-        schedule = dict(interval=timedelta(seconds=escalation_interval))
-    out.append((watcher(), dict(name=deployment_name(watcher().name), tags=["sevflow-watcher"], **schedule)))
+    out.append((watcher(), dict(name=deployment_name(watcher().name), tags=["sevflow-watcher"],
+                                description=(watcher().description or "").strip().split("\n")[0])))
     return out
 
 
@@ -154,8 +152,7 @@ async def ensure_pool(client: Any, hosts: tuple[str, ...] = ()) -> None:
             await client.update_work_queue(queue.id, priority=priority)
 
 
-async def deploy(hosts: tuple[str, ...] = (), escalation_interval: float | None = 30.0,
-                 name: str | None = None) -> list[str]:
+async def deploy(hosts: tuple[str, ...] = (), name: str | None = None) -> list[str]:
     """Register every procedure (and the escalation watcher) as deployment `<flow>/<runbook
     section>` in the work pool, on the server PREFECT_API_URL names. Returns `flow/deployment`
     names. (`name`: one other name for all, for the benchmark that runs both kinds on one server.)"""
@@ -165,7 +162,7 @@ async def deploy(hosts: tuple[str, ...] = (), escalation_interval: float | None 
     async with get_client() as client:
         await ensure_pool(client, hosts)
     done: list[str] = []
-    for flow, kwargs in deployment_kwargs(escalation_interval):
+    for flow, kwargs in deployment_kwargs():
         queue = WATCHER_QUEUE if flow is watcher() or flow.name == watcher().name else DEFAULT_QUEUE
         deployment = await flow.ato_deployment(
             work_queue_name=queue, entrypoint_type=EntrypointType.MODULE_PATH, **(kwargs | ({"name": name} if name else {})),

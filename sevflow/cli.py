@@ -108,7 +108,8 @@ def intake_dead_letters(
 def serve(
     limit: int = typer.Option(20, help="Most flow runs executing at once."),
     poll: float = typer.Option(0.2, help="Seconds between polls for runs to start (and resumed runs)."),
-    escalation_interval: float = typer.Option(30.0, help="Escalation watcher schedule; 0 disables it here."),
+    escalation_interval: float = typer.Option(30.0, help="Seconds between looks for due escalations (a "
+                                                        "watcher run starts only when one is due); 0: none."),
 ) -> None:
     """Serve every procedure from this process (a worker) against PREFECT_API_URL."""
     from sevflow.worker import serve as run_serve
@@ -418,7 +419,6 @@ def escalate() -> None:
 @app.command()
 def deploy(
     host: list[str] = typer.Option([], "--host", help="Also make this host's queue (host-NAME); repeatable."),
-    escalation_interval: float = typer.Option(30.0, help="Escalation watcher schedule, seconds; 0: none."),
 ) -> None:
     """Register every procedure on PREFECT_API_URL's server in the `sevflow` work pool
     (queues sev-1 … sev-4 in priority order, one per --host)."""
@@ -426,7 +426,7 @@ def deploy(
 
     from sevflow.deployments import POOL, SEVERITY_QUEUES, deploy as run_deploy, host_queue
 
-    done = asyncio.run(run_deploy(tuple(host), escalation_interval or None))
+    done = asyncio.run(run_deploy(tuple(host)))
     queues = [*SEVERITY_QUEUES, *(host_queue(h) for h in host)]
     out.print(f"Work pool {POOL!r}, queues {', '.join(queues)} (priority in that order).")
     for name in done:
@@ -441,11 +441,13 @@ def worker(
                                       "run on the affected host."),
     limit: int = typer.Option(20, help="Most flow runs executing at once (waiting gates hold none)."),
     poll: float = typer.Option(0.2, help="Seconds between polls of the work pool."),
+    escalation_interval: float = typer.Option(30.0, help="Seconds between looks for due escalations (a "
+                                                        "watcher run starts only when one is due); 0: none."),
 ) -> None:
     """Pull runs from the `sevflow` work pool (a Prefect process worker with sevflow's fast start)."""
     from sevflow.worker import work
 
-    work(host=host or None, limit=limit, query_seconds=poll)
+    work(host=host or None, limit=limit, query_seconds=poll, escalation_interval=escalation_interval or None)
 
 
 @app.command()
@@ -548,7 +550,7 @@ def status(
     intake_url: str = typer.Option("", help="The intake's address (default: $SEVFLOW_INTAKE_URL or "
                                             "http://127.0.0.1:8787)."),
 ) -> None:
-    """The server, the workers, the intake, the escalation watcher's last pass, and runs answered
+    """The server, the workers, the intake, the escalation watcher's last run, and runs answered
     but not yet resumed (no worker has taken them)."""
     import os
 
@@ -624,10 +626,12 @@ def status(
             sort=FlowRunSort.END_TIME_DESC, limit=1)
         if watcher_runs:
             last = watcher_runs[0]
-            out.print(f"Watcher         last pass {ago(_seconds_since(last.end_time))}: "
-                      f"{last.state.name if last.state else '?'} ({short_id(last.id)})")
+            out.print(f"Watcher         last escalation run {ago(_seconds_since(last.end_time))}: "
+                      f"{last.state.name if last.state else '?'} ({short_id(last.id)}); workers look every "
+                      "--escalation-interval s and start one only when a tier is due", soft_wrap=True)
         else:
-            out.print("Watcher         no pass yet")
+            out.print("Watcher         no escalation run yet (workers start one only when a tier is due)",
+                      soft_wrap=True)
 
         waiting = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]),

@@ -400,10 +400,14 @@ def note_resolved_alert(incident: IncidentContext, gate: str, opened_at: datetim
     return alert
 
 
+def _form_marked_key(gate: str) -> str:
+    return f"sevflow-gate-{gate}-form-marked"
+
+
 def _mark_form_resolved(run: Any, request: GateRequest) -> None:
     """Put the resolved-alert banner at the top of the waiting gate's form (once)."""
     alert = note_resolved_alert(request.incident, request.gate, request.opened_at)
-    if alert is None or not write_record(run.id, f"sevflow-gate-{request.gate}-form-marked", {"at": utcnow().isoformat()}):
+    if alert is None or not write_record(run.id, _form_marked_key(request.gate), {"at": utcnow().isoformat()}):
         return
     key = f"{run.state.name.lower()}-{run.state.state_details.pause_key}-description"
     with get_client(sync_client=True) as client:
@@ -529,6 +533,24 @@ def _expire(run: Any, request: GateRequest) -> str | None:
         return None
     write_record(run.id, gate_expired_key(request.gate), {"at": utcnow().isoformat()})
     return "expired"
+
+
+def due_escalations(now: datetime | None = None) -> list[str]:
+    """What the watcher would do now, read only: `<run id>:<gate>:<step>` for each waiting gate
+    whose next tier (or expiry, step = number of tiers) is due. Empty when nothing is due, which
+    is almost always: the workers check this often and start an escalation run only when not."""
+    now = now or utcnow()
+    due: list[str] = []
+    for run, request in waiting_gates():
+        tiers = [EscalationTier.model_validate(t) for t in request.tiers]
+        told = len(read_records(run.id, f"{RECORD_PREFIX}{request.gate}-escalation-"))
+        step = escalation_step(tiers, request.opened_at, now, told)
+        if step is not None:
+            due.append(f"{run.id}:{request.gate}:{step}")
+        if read_record(run.id, _form_marked_key(request.gate)) is None and any(
+                a.at >= request.opened_at for a in resolved_alerts(request.incident.flow_run_id)):
+            due.append(f"{run.id}:{request.gate}:alert-resolved")  # the form's banner is due
+    return sorted(due)
 
 
 def escalate_waiting_gates(now: datetime | None = None) -> dict[str, str]:

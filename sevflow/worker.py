@@ -93,6 +93,54 @@ def _draining_runner_class() -> type:
     return DrainingRunner
 
 
+async def start_due_escalations(now: Any = None) -> str | None:
+    """One look of the escalation watcher: when a waiting gate's next tier (or its expiry) is due,
+    start a run of the watcher's deployment (Escalation Path) and return its id; else None.
+
+    The watcher used to be a deployment on a 30 s schedule, so the run list and the event feed
+    were mostly its empty passes (16 of 18 runs after ten minutes). Now a worker looks, read only,
+    and a run exists only when it has something to do. Several workers looking at once start one
+    run: the idempotency key names what is due and the minute; a run that died is replaced the
+    next minute, and the escalation itself is once per tier whatever runs it (write-once records).
+    """
+    import hashlib
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from sevflow.deployments import deployment_path, watcher
+    from sevflow.gate import due_escalations
+    from sevflow.models import utcnow
+
+    now = now or utcnow()
+    due = await asyncio.to_thread(due_escalations, now)
+    if not due:
+        return None
+    key = hashlib.sha256(("\n".join(due) + f"\n{now:%Y%m%dT%H%M}").encode()).hexdigest()[:32]
+    async with get_client() as client:
+        try:
+            deployment = await client.read_deployment_by_name(deployment_path(watcher().name))
+        except ObjectNotFound:
+            log.warning("Escalation due (%s) but the watcher is not deployed: run `sevflow escalate`.", ", ".join(due))
+            return None
+        run = await client.create_flow_run_from_deployment(
+            deployment.id, idempotency_key=f"sevflow-escalation-{key}", tags=["sevflow-watcher"])
+    log.info("Escalation due (%s): watcher run %s.", ", ".join(due), run.id)
+    return str(run.id)
+
+
+async def watch_gates(interval: float) -> None:
+    """Look for due escalations every `interval` seconds until cancelled; never dies of an error."""
+    log.info("Escalation watcher: looking at waiting gates every %.0f s; it starts a run of "
+             "approval-escalation only when a tier or an expiry is due.", interval)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await start_due_escalations()
+        except Exception as exc:  # noqa: BLE001 - the next look may succeed; a worker must not fall over
+            log.warning("Escalation look failed (%s: %s); trying again in %.0f s.", type(exc).__name__, exc, interval)
+
+
 async def _serve(limit: int | None, query_seconds: float, escalation_interval: float | None) -> None:
     import signal
 
@@ -102,10 +150,15 @@ async def _serve(limit: int | None, query_seconds: float, escalation_interval: f
                                       limit=limit, prefetch_seconds=0)
     signal.signal(signal.SIGINT, runner.handle_sigterm)  # Ctrl-C in a terminal: the same gentle stop
     kept = await _kept_schedules()
-    for flow, kwargs in deployment_kwargs(escalation_interval):
+    for flow, kwargs in deployment_kwargs():
         await runner.add_flow(flow, **kwargs)
     await _restore_schedules(kept)
-    await runner.start()
+    looking = asyncio.create_task(watch_gates(escalation_interval)) if escalation_interval else None
+    try:
+        await runner.start()
+    finally:
+        if looking:
+            looking.cancel()
 
 
 KEPT_SCHEDULE_PREFIX = "sevflow-cleanup-"
@@ -298,7 +351,8 @@ def _work_pool_worker_class() -> type:
     return SevflowWorker
 
 
-async def _work(queues: list[str], name: str, limit: int | None, hosts: tuple[str, ...]) -> None:
+async def _work(queues: list[str], name: str, limit: int | None, hosts: tuple[str, ...],
+                escalation_interval: float | None) -> None:
     from prefect.client.orchestration import get_client
 
     from sevflow.deployments import POOL, ensure_pool
@@ -324,17 +378,23 @@ async def _work(queues: list[str], name: str, limit: int | None, hosts: tuple[st
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
+    looking = asyncio.create_task(watch_gates(escalation_interval)) if escalation_interval else None
     try:
         await worker.start(printer=log.info)
     except asyncio.CancelledError:
         if not worker.stopping:
             raise
         log.info("Worker %s stopped.", name)
+    finally:
+        if looking:
+            looking.cancel()
 
 
-def work(host: str | None = None, limit: int | None = 20, query_seconds: float = 0.2) -> None:
+def work(host: str | None = None, limit: int | None = 20, query_seconds: float = 0.2,
+         escalation_interval: float | None = 30.0) -> None:
     """Register sevflow's blocks and defaults, then pull runs from the `sevflow` work pool until
-    stopped: from queues sev-1 … sev-4 (in that priority), or only `host-<host>` with `host`."""
+    stopped: from queues sev-1 … sev-4 (in that priority), or only `host-<host>` with `host`.
+    A severity worker also looks for due escalations every `escalation_interval` seconds."""
     import os
 
     from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
@@ -347,4 +407,4 @@ def work(host: str | None = None, limit: int | None = 20, query_seconds: float =
     queues = [host_queue(host)] if host else list(SEVERITY_QUEUES)
     name = f"sevflow-{host or socket.gethostname()}-{os.getpid()}"
     with temporary_settings(updates={PREFECT_WORKER_QUERY_SECONDS: query_seconds}):
-        asyncio.run(_work(queues, name, limit, (host,) if host else ()))
+        asyncio.run(_work(queues, name, limit, (host,) if host else (), None if host else escalation_interval))

@@ -87,12 +87,12 @@ def test_the_cli_fits_an_80_column_terminal_and_takes_short_ids(service: Service
 def test_status_lists_server_workers_intake_and_watcher(worker, stack) -> None:
     from sevflow.flows.approval_escalation import approval_escalation
 
-    approval_escalation()  # a pass of the watcher, as its schedule would run it
+    approval_escalation()  # a pass of the watcher, as a worker starts one when an escalation is due
     shown = sevflow(stack, "status", "--intake-url", "http://127.0.0.1:9")
     assert shown.returncode == 0, shown.stderr
     text = shown.stdout
     assert f"Prefect server  {stack.api_url}: healthy" in text
     assert re.search(r"served application-rollback/Rollback: Application: polled \d+ s ago", text), text
     assert "Intake          http://127.0.0.1:9: not answering" in text
-    assert re.search(r"Watcher +last pass \d+ s ago: Completed", text), text
+    assert re.search(r"Watcher +last escalation run \d+ s ago: Completed", text), text
     assert "Answered, not yet resumed:" in text

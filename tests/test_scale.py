@@ -72,7 +72,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, moto_s3: str) -> Iterator[Fl
                          aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
             stored = fleet.sevflow("storage", "--bucket", BUCKET, "--endpoint-url", moto_s3, "--region", "us-east-1")
             assert stored.returncode == 0, stored.stderr
-            deployed = fleet.sevflow("deploy", "--escalation-interval", "0")
+            deployed = fleet.sevflow("deploy")
             assert deployed.returncode == 0, deployed.stderr
             assert "sev-1, sev-2, sev-3, sev-4" in deployed.stdout
             from sevflow.setup import ensure_defaults

@@ -7,7 +7,7 @@ import uuid
 from sevflow.flows.approval_escalation import approval_escalation
 from sevflow.gate import answer_gate
 from tests.support.wait import until
-from tests.conftest import Service, start, wait_final, wait_paused
+from tests.conftest import Service, read_run, start, wait_final, wait_paused
 
 
 def _events(resource_id: str, prefix: str = "sevflow.") -> list[dict]:
@@ -64,6 +64,35 @@ def test_unanswered_gate_escalates_through_tiers_then_ends_waiting_on_a_human(se
     assert {"sevflow.approval.requested", "sevflow.approval.escalated", "sevflow.approval.expired"} <= {
         e["event"] for e in events}
     assert all(any(r["prefect.resource.id"] == f"prefect.flow-run.{run_id}" for r in e["related"]) for e in events)
+
+
+def test_a_worker_starts_an_escalation_run_only_when_a_tier_is_due(service: Service, worker) -> None:
+    import asyncio
+    from datetime import timedelta
+
+    from sevflow.gate import due_escalations
+    from sevflow.models import utcnow
+    from sevflow.worker import start_due_escalations
+
+    service.save_policy(tiers=[1.0, 3600.0])
+    run_id = start("application-rollback", service=service.name, severity="SEV-1", policy=service.policy)
+    wait_paused(run_id)
+    assert len(service.receiver.received) == 1  # tier 0, told when the gate opened
+
+    def ours(now=None) -> list[str]:
+        return [k for k in due_escalations(now) if k.startswith(f"{run_id}:")]
+
+    assert ours(utcnow() - timedelta(hours=1)) == []  # before tier 1's time: nothing due
+    due = until(ours, 30, 0.2, what="tier 1 to fall due")
+    assert due[0].endswith(":1")
+    now = utcnow()
+    watcher_run = asyncio.run(start_due_escalations(now))
+    assert watcher_run is not None
+    assert asyncio.run(start_due_escalations(now)) == watcher_run  # a second worker looking starts no second run
+    assert wait_final(watcher_run).state.type.value == "COMPLETED"
+    assert len(service.receiver.received) == 2 and "tier 1" in service.receiver.received[1]["body"]["body"]
+    assert ours() == []  # told: the next step (expiry) is an hour away
+    assert read_run(run_id).state.type.value == "PAUSED"  # and the gate still waits
 
 
 def test_people_cannot_answer_expired_through_the_resume_form(service: Service, worker) -> None:

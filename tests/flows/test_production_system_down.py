@@ -409,6 +409,7 @@ def test_rejection_at_every_gate_leaves_everything_as_it_was(gate: str, tmp_path
 def test_an_alert_starts_it_and_its_resolution_shows_at_the_waiting_gate(outage: Outage, stack: Any, worker: Any,
                                                                           tmp_path: Path) -> None:
     from sevflow.flows.approval_escalation import approval_escalation
+    from sevflow.gate import due_escalations
     from tests.intake.conftest import TOKENS, save_sources
     from tests.support.stack import Intake
 
@@ -446,8 +447,11 @@ rules:
         assert resolved["alerts"][0]["outcome"] == "resolved"
         until(lambda: any(v["description"].startswith("Alert resolved")
                           for v in records(run_id, "sevflow-record-alert-").values()), what="the resolved alert")
+        # A worker looking for due escalations sees the banner is due (and starts a watcher run for it).
+        assert f"{run_id}:rollback:alert-resolved" in due_escalations()
         approval_escalation()  # the watcher's pass marks the waiting form
         assert form(run_id).startswith("**⚠ The incident's alert resolved**")
+        assert f"{run_id}:rollback:alert-resolved" not in due_escalations()  # once
         noted = records(run_id).get("sevflow-record-rollback-alert-resolved")
         assert noted and "resolved while gate 'rollback' waited" in noted["description"]
 

@@ -254,7 +254,8 @@ class PoolWorker(_Child):
 
     def start(self) -> None:
         log = self.log_path.open("ab")
-        command = [sys.executable, "-m", "sevflow", "worker", "--limit", str(self.limit), "--poll", "0.2"]
+        command = [sys.executable, "-m", "sevflow", "worker", "--limit", str(self.limit), "--poll", "0.2",
+                   "--escalation-interval", "0"]
         self.process = subprocess.Popen(
             command + (["--host", self.host] if self.host else []),
             env=dict(os.environ) | self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
