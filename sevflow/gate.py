@@ -466,11 +466,18 @@ def _notify_tier(request: GateRequest, index: int, *, escalated: bool) -> None:
         personal = [p for p in tier.notify if normalise_name(p) in request.approvers] \
             if request.approval_page_url else []
         messages: list[tuple[str, str, str]] = []
+        unlinked = False
         for person in personal:
-            link = _issue_link(request, normalise_name(person))
+            try:
+                link = _issue_link(request, normalise_name(person))
+            except Exception as exc:  # noqa: BLE001 - no link is no reason to leave people untold
+                entry.description += f"; no approval link for {person} ({type(exc).__name__}: see the worker log)"
+                _logger().error("Could not make an approval link for %s: %s", person, exc)
+                unlinked = True
+                continue
             subject, body = notify.approval_message(request, tier.name, escalated, link=link, to=person)
             messages.append((person, subject, body))
-        if not personal or len(personal) < len(tier.notify):
+        if unlinked or not personal or len(personal) < len(tier.notify):
             messages.append(("", *notify.approval_message(request, tier.name, escalated)))
         for person, subject, body in messages:
             try:
@@ -483,8 +490,9 @@ def _notify_tier(request: GateRequest, index: int, *, escalated: bool) -> None:
                 entry.description += f"; NOTIFICATION FAILED via {tier.notification_block}" \
                     + (f" (to {person})" if person else "") + f": {why}"
                 _logger().error("Notifying %s failed: %s", tier.notification_block, why)
-        if personal:
-            entry.description += f"; approval links sent to {', '.join(personal)}"
+        linked = [person for person, _, _ in messages if person]
+        if linked:
+            entry.description += f"; approval links sent to {', '.join(linked)}"
     else:
         entry.description += " (no notification block configured for this tier)"
     record_timeline(incident, f"{request.gate}-escalation-{index}", entry)

@@ -11,7 +11,8 @@ What it proves:
 - the right link shows the plan, its digest and the answers so far; approving completes the run,
   recorded as alice's answer, proven by her link;
 - the same link a second time is refused;
-- a forged answer written straight into the run with a link id and a made-up proof is ignored;
+- a forged answer written straight into the run with a link id and a made-up proof is ignored,
+  and so is one through a link record the attacker wrote themselves (no valid MAC);
 - no link token appears in any log, artifact, event, record or stored result.
 """
 
@@ -110,6 +111,26 @@ def test_approval_link_approves_once_and_refuses_altered_expired_and_reused_link
     assert forged["details"]["verdict"] == "ignored"
     assert "does not carry the approval link's proof" in forged["description"]
     assert world(service) == before
+    # A forged link record (the attacker's own token hash, no valid MAC) and an answer through it.
+    from sevflow import links
+    from sevflow.models import utcnow
+    from sevflow.tasks.orchestrator import write_record
+
+    request_a = _request(run_a, "rollback")
+    fake = links.LinkRecord(link_id="f" * 16, run=run_a, gate="rollback", plan_digest=request_a["digest"],
+                            approver="alice", expires_at=links.expiry(utcnow(), 3600),
+                            proof_hash=__import__("hashlib").sha256(links.proof_of("attacker").encode()).hexdigest(),
+                            mac="0" * 64)
+    assert write_record(run_a, links.record_key(fake.link_id), fake.model_dump(mode="json"))
+    assert resume_with(run_a, decision="approve", approver="alice", reason="forged link",
+                       plan_digest=request_a["digest"], link_id=fake.link_id,
+                       link_proof=links.proof_of("attacker"))["status"] == "ACCEPT"
+    wait_paused(run_a, gate_answer=3)
+    forged = records(run_a)["sevflow-record-rollback-02-answer"]
+    assert forged["details"]["verdict"] == "ignored"
+    assert "not issued by sevflow" in forged["description"], forged["description"]
+    assert world(service) == before
+    assert "approval links sent to alice, bob" in records(run_b)["sevflow-record-rollback-escalation-0"]["description"]
 
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"no chromium at {CHROMIUM}: apt-get install chromium, or run with -m 'not ui'")
@@ -168,7 +189,7 @@ def test_approval_link_approves_once_and_refuses_altered_expired_and_reused_link
             browser.close()
 
     # Run A is still waiting, unchanged; its expired links changed nothing.
-    assert off_loop(wait_paused, run_a, gate_answer=2)
+    assert off_loop(wait_paused, run_a, gate_answer=3)
 
     tokens = [LINK.search(link).group(4) for link in (*links_a.values(), *links_b.values())]
     from prefect.client.orchestration import get_client
