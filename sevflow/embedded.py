@@ -360,6 +360,8 @@ def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, int
             echo(f"  Alert intake:       http://127.0.0.1:{intake_port}/alerts/<source>  (API docs: "
                  f"http://127.0.0.1:{intake_port}/docs; rules: {home / 'intake-rules.yaml'}; one "
                  "'sevflow Alert Source' block per sender)")
+            echo(f"  Approval page:      http://127.0.0.1:{intake_port}  (set it as approval_page_url in the approval "
+                 "policy: approvers a tier notifies then get one-click links)")
         for child in children:
             if child.process is not None:
                 echo(f"  {child.name}: pid {child.process.pid}")

@@ -156,6 +156,13 @@ def test_approval_link_approves_once_and_refuses_altered_expired_and_reused_link
                 assert response.status == 410
                 expect(page.get_by_role("heading")).to_have_text("This approval link expired")
 
+                # An answer without a reason or a decision: refused, the link still good, nothing changes.
+                for form in ({"decision": "approve"}, {"reason": "no decision"}, {"decision": "maybe", "reason": "x"}):
+                    refused = httpx.post(links_b["alice"], data=form, timeout=30)
+                    assert refused.status_code == 400, (form, refused.text)
+                    assert "Choose approve or reject." in refused.text or "Give a reason" in refused.text
+                assert off_loop(wait_paused, run_b, gate_answer=1)
+
                 # Alice's own link: the plan, its digest, the answers so far; she approves.
                 page.goto(links_b["alice"])
                 expect(page.get_by_role("heading", level=2)).to_contain_text(f"Roll back {service.name}")
