@@ -62,6 +62,15 @@ class ApprovalPolicy(Block):
     forbid_self_approval: bool = Field(
         default=True, description="Whoever requested a change may not count as its approver."
     )
+    approval_page_url: str | None = Field(
+        default=None,
+        description="Where approvers reach the approval page (the intake's address as they see it, e.g. "
+        "https://sevflow.example.org). Set, each approver an escalation tier's `notify` names gets a "
+        "one-click link of their own in that tier's notification.",
+    )
+    approval_link_seconds: float = Field(
+        default=3600.0, gt=0, description="How long an approval link stays valid after it is sent."
+    )
 
     @field_validator("approver_keys")
     @classmethod

@@ -31,6 +31,8 @@ def up(
     intake_port: int = typer.Option(8787, help="Port of the alert intake (127.0.0.1); 0 starts no intake."),
     database: str = typer.Option("", help="Run the server on PostgreSQL: postgresql://user[:pw]@host[:port]/db "
                                           "(default: SQLite in the state folder)."),
+    auth: bool = typer.Option(False, "--auth", help="Lock the API with a basic-auth password kept in "
+                              "$SEVFLOW_HOME/api-auth (0600): server, worker, intake and `sevflow` commands use it."),
 ) -> None:
     """Start the embedded stack: a Prefect server (SQLite, loopback), a worker serving every procedure
     and the alert intake."""
@@ -39,7 +41,7 @@ def up(
 
     try:
         raise typer.Exit(run_up(port=port, limit=limit, escalation_interval=escalation_interval,
-                                intake_port=intake_port, echo=out.print, database=database or None))
+                                intake_port=intake_port, echo=out.print, database=database or None, auth=auth))
     except SevflowError as exc:
         _fail(str(exc))
 
@@ -649,7 +651,19 @@ def status(
 
 
 def main() -> None:
-    app()
+    # Before Prefect is imported (it reads its settings then): a server `sevflow up --auth` locked.
+    from sevflow.embedded import client_auth_from_state
+
+    client_auth_from_state()
+    try:
+        app()
+    except Exception as exc:
+        if getattr(getattr(exc, "response", None), "status_code", None) == 401:
+            err.print("[bold red]error:[/] The Prefect API refused sevflow (401 Unauthorized): it is locked with a "
+                      "password. Set PREFECT_API_AUTH_STRING, or SEVFLOW_HOME to the state folder of the "
+                      "`sevflow up --auth` that locked it (its api-auth file holds the password).", highlight=False)
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@
 
 `--database postgresql://...` puts the server on PostgreSQL instead of SQLite.
 
+`--auth` locks the API: the server gets Prefect's basic-auth string
+(PREFECT_SERVER_API_AUTH_STRING), the worker and the intake the same string as clients
+(PREFECT_API_AUTH_STRING), and `sevflow` commands read it from the state folder
+(`$SEVFLOW_HOME/api-auth`, mode 0600, made on first use). It is never printed; the UI asks for it.
+
 A service you can leave running: a child that exits is restarted with backoff (1, 2, 4 … 30 s),
 logged, while the others keep running. Ctrl-C, SIGTERM or SIGHUP (a closed terminal) stop
 everything it started; so does SIGKILL, through a watchdog process (sevflow._guard) and
@@ -32,6 +37,48 @@ def state_home() -> Path:
     return Path(os.environ.get("SEVFLOW_HOME", Path.home() / ".sevflow")).expanduser()
 
 
+AUTH_FILE = "api-auth"
+AUTH_URL_FILE = "api-auth.url"
+
+
+def auth_string(home: Path, api_url: str) -> str:
+    """The API's basic-auth string (`sevflow:<random>`), made once (mode 0600) and kept in the
+    state folder, with the API address it is for (so commands never send it elsewhere)."""
+    import secrets
+
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / AUTH_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"sevflow:{secrets.token_urlsafe(24)}")
+    if path.stat().st_mode & 0o077:
+        raise ConfigurationError(f"{path} holds the API's password but others may read it: chmod 600 {path}")
+    (home / AUTH_URL_FILE).write_text(api_url)
+    return path.read_text().strip()
+
+
+def client_auth_from_state(environ: dict[str, str] | None = None) -> bool:
+    """For `sevflow` commands: when PREFECT_API_URL is the API `sevflow up --auth` locked, and no
+    PREFECT_API_AUTH_STRING is set, use the string kept in the state folder. Returns whether it did."""
+    environ = os.environ if environ is None else environ
+    if environ.get("PREFECT_API_AUTH_STRING"):
+        return False
+    home = state_home()
+    try:
+        locked_url = (home / AUTH_URL_FILE).read_text().strip()
+        secret = (home / AUTH_FILE).read_text().strip()
+    except OSError:
+        return False
+    if not secret or environ.get("PREFECT_API_URL", "").rstrip("/") != locked_url.rstrip("/"):
+        return False
+    environ["PREFECT_API_AUTH_STRING"] = secret
+    return True
+
+
 def database_url(url: str) -> str:
     """`postgresql://user@host/db` (as psql takes it) → the SQLAlchemy URL Prefect's server takes."""
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
@@ -42,11 +89,14 @@ def database_url(url: str) -> str:
     raise ConfigurationError(f"--database {url!r}: give a postgresql://user[:password]@host[:port]/database URL.")
 
 
-def server_environment(home: Path, port: int, database: str | None = None) -> dict[str, str]:
+def server_environment(home: Path, port: int, database: str | None = None,
+                       auth: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     for key in list(env):
-        # A database URL or profile meant for another server must not leak into this one.
-        if key.startswith("PREFECT_API_DATABASE") or key in {"PREFECT_API_URL", "PREFECT_PROFILE"}:
+        # A database URL, profile or password meant for another server must not leak into this one.
+        if key.startswith("PREFECT_API_DATABASE") or key in {"PREFECT_API_URL", "PREFECT_PROFILE",
+                                                               "PREFECT_API_AUTH_STRING",
+                                                               "PREFECT_SERVER_API_AUTH_STRING"}:
             env.pop(key)
     env.update(
         PREFECT_HOME=str(home / "prefect"),
@@ -58,6 +108,8 @@ def server_environment(home: Path, port: int, database: str | None = None) -> di
     )
     if database:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url(database)
+    if auth:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth
     return env
 
 
@@ -93,7 +145,8 @@ def _check_port_free(port: int, what: str) -> None:
             raise ConfigurationError(f"Port {port} for {what} is already in use; pass another port.") from None
 
 
-def start_server(home: Path, port: int, log_file: Path, database: str | None = None) -> subprocess.Popen[bytes]:
+def start_server(home: Path, port: int, log_file: Path, database: str | None = None,
+                 auth: str | None = None) -> subprocess.Popen[bytes]:
     home.mkdir(parents=True, exist_ok=True)
     try:
         httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1)
@@ -107,7 +160,7 @@ def start_server(home: Path, port: int, log_file: Path, database: str | None = N
     out = log_file.open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=server_environment(home, port, database), stdout=out, stderr=subprocess.STDOUT,
+        env=server_environment(home, port, database, auth), stdout=out, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
     )
 
@@ -236,7 +289,7 @@ def _now() -> str:
 
 
 def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, intake_port: int = 8787,
-       echo: Callable[..., Any] = print, database: str | None = None) -> int:
+       echo: Callable[..., Any] = print, database: str | None = None, auth: bool = False) -> int:
     home = state_home()
     home.mkdir(parents=True, exist_ok=True)
     # `kill`, a service manager or a closed terminal (SIGHUP) stops it like Ctrl-C does: children
@@ -252,6 +305,11 @@ def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, int
         if api_url:
             if database:
                 raise ConfigurationError("--database starts sevflow's own server; PREFECT_API_URL names another one.")
+            if auth:
+                raise ConfigurationError(
+                    "--auth locks sevflow's own server; PREFECT_API_URL names another one. Lock that server "
+                    "yourself (PREFECT_SERVER_API_AUTH_STRING on it, PREFECT_API_AUTH_STRING here: README, "
+                    "\"Threat model\").")
             echo(f"Using the Prefect server at {api_url} (PREFECT_API_URL).")
             wait_healthy(api_url, None, timeout=15)
             worker_env = dict(os.environ)
@@ -261,7 +319,12 @@ def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, int
             if database:
                 database_url(database)  # a wrong URL stops here, before anything starts
             echo(f"Starting a Prefect server on {where} (log: {home / 'server.log'}) ...")
-            server = _Child("the Prefect server", lambda: start_server(home, port, home / "server.log", database),
+            secret = auth_string(home, api_url) if auth else None
+            if auth:
+                echo(f"API locked (--auth): the password is in {home / AUTH_FILE} (mode 0600); the UI asks for it, "
+                     "`sevflow` commands read it from there.")
+            server = _Child("the Prefect server",
+                            lambda: start_server(home, port, home / "server.log", database, secret),
                             str(home / "server.log"))
             children.append(server)
             server.start(watchdog)
@@ -269,6 +332,8 @@ def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, int
             wait_healthy(api_url, server.process, note=echo)
             worker_env = server_environment(home, port, database)
             worker_env["PREFECT_API_URL"] = api_url
+            if secret:
+                worker_env["PREFECT_API_AUTH_STRING"] = secret
         ui = api_url[: -len("/api")] if api_url.endswith("/api") else api_url
         worker_env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -295,6 +360,8 @@ def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, int
             echo(f"  Alert intake:       http://127.0.0.1:{intake_port}/alerts/<source>  (API docs: "
                  f"http://127.0.0.1:{intake_port}/docs; rules: {home / 'intake-rules.yaml'}; one "
                  "'sevflow Alert Source' block per sender)")
+            echo(f"  Approval page:      http://127.0.0.1:{intake_port}  (set it as approval_page_url in the approval "
+                 "policy: approvers a tier notifies then get one-click links)")
         for child in children:
             if child.process is not None:
                 echo(f"  {child.name}: pid {child.process.pid}")

@@ -56,7 +56,7 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from sevflow.errors import ApprovalError, ConfigurationError
-from sevflow import identity
+from sevflow import identity, links
 from sevflow import markdown as md
 from sevflow.models import (
     RECORD_PREFIX,
@@ -118,6 +118,9 @@ class ApprovalInput(RunInput):
         "answer without one is recorded and ignored.",
     )
     signed_at: str = Field(default="", title="Signed at", description="Filled in with the signature.")
+    link_id: str = Field(default="", title="Approval link",
+                         description="Filled in by the approval page when answered through a one-click link.")
+    link_proof: str = Field(default="", title="Approval link proof", description="Filled in by the approval page.")
 
 
 request_key = gate_request_key
@@ -166,6 +169,8 @@ def open_gate(incident: IncidentContext, gate: str, plan: Plan, policy_name: str
         forbid_self_approval=requirement.forbid_self_approval,
         requester=requester,
         requester_verified=requester_verified,
+        approval_page_url=getattr(policy, "approval_page_url", None),
+        approval_link_seconds=getattr(policy, "approval_link_seconds", 3600.0),
     )
     if not write_record(incident.flow_run_id, request_key(gate), request.model_dump(mode="json")):
         stored = GateRequest.model_validate(read_record(incident.flow_run_id, request_key(gate)))
@@ -219,9 +224,17 @@ def _requester(flow_run_id: str, keys: dict[str, str]) -> tuple[str, bool]:
     return name, bool(key) and identity.verify(message, str(stored.get("signature", "")), name, key)
 
 
-def verify_answer(request: GateRequest, answer: GateAnswer) -> tuple[bool, str]:
+def verify_answer(request: GateRequest, answer: GateAnswer, used_links: list[str] | None = None) -> tuple[bool, str]:
     """Whether the answer carries a valid signature, by the approver's key, over this run, gate,
-    plan and these words, made recently. (False, why) otherwise."""
+    plan and these words, made recently; or came through the approver's own approval link,
+    unused before at this gate and not expired (sevflow.links). (False, why) otherwise."""
+    if answer.link_id:
+        if answer.link_id in (used_links or []):
+            return False, "the approval link was already used (a link is good for one answer)"
+        stored = read_record(request.incident.flow_run_id, links.record_key(answer.link_id))
+        return links.check_answer(stored, run=request.incident.flow_run_id, gate=request.gate,
+                                  plan_digest=request.digest, approver=answer.approver, proof=answer.link_proof,
+                                  received_at=answer.received_at, normalise=normalise_name)
     if not answer.signature.strip():
         return False, "the answer is not signed"
     key = request.approver_keys.get(normalise_name(answer.approver))
@@ -262,7 +275,9 @@ def record_answer(request: GateRequest, n: int, answer: GateAnswer, tally: GateT
         requester=request.requester,
     )
     tally = tally.model_copy(deep=True)
-    verification = verify_answer(request, answer)
+    verification = verify_answer(request, answer, tally.used_links)
+    if answer.link_id and verification[0]:
+        tally.used_links.append(answer.link_id)
     verdict, sentence = judge(answer, requirement, tally, plan_digest=request.digest, opened_at=request.opened_at,
                               verification=verification)
     incident = request.incident
@@ -277,7 +292,9 @@ def record_answer(request: GateRequest, n: int, answer: GateAnswer, tally: GateT
             actor=answer.approver,
             details={"gate": request.gate, "decision": answer.decision, "verdict": verdict.value,
                      "reason": answer.reason, "plan_digest": answer.plan_digest, "signed": verification[0],
-                     "identity": verification[1]},
+                     "identity": verification[1],
+                     "proof": ("link" if answer.link_id else "signature") if verification[0] else "none",
+                     **({"link_id": answer.link_id} if answer.link_id else {})},
         ),
     )
     event = {
@@ -330,6 +347,8 @@ def require_approval(incident: IncidentContext, plan: Plan, *, gate: str, policy
             plan_digest=given.plan_digest,
             signature=given.signature,
             signed_at=given.signed_at,
+            link_id=given.link_id,
+            link_proof=given.link_proof,
             received_at=_answered_at(incident.flow_run_id, answer_key(gate, n)),
         )
         verdict, sentence, tally = record_answer(request, n, answer, tally)
@@ -446,16 +465,38 @@ def _notify_tier(request: GateRequest, index: int, *, escalated: bool) -> None:
         details={"gate": request.gate, "tier": index},
     )
     if tier.notification_block:
-        subject, body = notify.approval_message(request, tier.name, escalated)
-        try:
-            notify.send(tier.notification_block, subject, body)
-        except Exception as exc:  # noqa: BLE001 - a failed page must not close the gate
-            # The gate stays open and is listed by `sevflow pending`; the failure is
-            # recorded where the incident commander will read it. Only the exception's type
-            # and an HTTP status are told: its text can hold the webhook URL and its secret.
-            why = notify.failure_summary(exc)
-            entry.description += f"; NOTIFICATION FAILED via {tier.notification_block}: {why}"
-            _logger().error("Notifying %s failed: %s", tier.notification_block, why)
+        # Each approver the tier names gets a message of their own with their own link (when
+        # the policy names the approval page); anyone else the tier names gets the plain one.
+        personal = [p for p in tier.notify if normalise_name(p) in request.approvers] \
+            if request.approval_page_url else []
+        messages: list[tuple[str, str, str]] = []
+        unlinked = False
+        for person in personal:
+            try:
+                link = _issue_link(request, normalise_name(person))
+            except Exception as exc:  # noqa: BLE001 - no link is no reason to leave people untold
+                entry.description += f"; no approval link for {person} ({type(exc).__name__}: see the worker log)"
+                _logger().error("Could not make an approval link for %s: %s", person, exc)
+                unlinked = True
+                continue
+            subject, body = notify.approval_message(request, tier.name, escalated, link=link, to=person)
+            messages.append((person, subject, body))
+        if unlinked or not personal or len(personal) < len(tier.notify):
+            messages.append(("", *notify.approval_message(request, tier.name, escalated)))
+        for person, subject, body in messages:
+            try:
+                notify.send(tier.notification_block, subject, body)
+            except Exception as exc:  # noqa: BLE001 - a failed page must not close the gate
+                # The gate stays open and is listed by `sevflow pending`; the failure is
+                # recorded where the incident commander will read it. Only the exception's type
+                # and an HTTP status are told: its text can hold the webhook URL and its secret.
+                why = notify.failure_summary(exc)
+                entry.description += f"; NOTIFICATION FAILED via {tier.notification_block}" \
+                    + (f" (to {person})" if person else "") + f": {why}"
+                _logger().error("Notifying %s failed: %s", tier.notification_block, why)
+        linked = [person for person, _, _ in messages if person]
+        if linked:
+            entry.description += f"; approval links sent to {', '.join(linked)}"
     else:
         entry.description += " (no notification block configured for this tier)"
     record_timeline(incident, f"{request.gate}-escalation-{index}", entry)
@@ -464,6 +505,16 @@ def _notify_tier(request: GateRequest, index: int, *, escalated: bool) -> None:
             incident, "sevflow.approval.escalated",
             {"gate": request.gate, "tier": index, "tier_name": tier.name, "notify": tier.notify},
         )
+
+
+def _issue_link(request: GateRequest, approver: str) -> str:
+    """A new approval link for `approver`: its record (hash and MAC only) stored on the run,
+    the link itself returned for their notification and kept nowhere else."""
+    record, token = links.issue(run=request.incident.flow_run_id, gate=request.gate, plan_digest=request.digest,
+                                approver=approver, expires_at=links.expiry(utcnow(), request.approval_link_seconds))
+    write_record(request.incident.flow_run_id, links.record_key(record.link_id), record.model_dump(mode="json"))
+    assert request.approval_page_url
+    return links.url(request.approval_page_url, record, token)
 
 
 WaitingGate = tuple[Any, GateRequest]

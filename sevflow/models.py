@@ -1121,6 +1121,8 @@ class GateAnswer(BaseModel):
     plan_digest: str = Field(default="", description="the plan the answer was given for")
     signature: str = Field(default="", description="SSH signature of the answer (sevflow.identity)")
     signed_at: str = Field(default="", description="when it was signed, ISO 8601 UTC")
+    link_id: str = Field(default="", description="the approval link it was given through (sevflow.links)")
+    link_proof: str = Field(default="", description="the link's proof: a hash of its token, never the token")
     received_at: datetime = Field(default_factory=utcnow)
 
 
@@ -1207,6 +1209,8 @@ class GateRequest(BaseModel):
     requester: str = Field(default="unknown", description="who asked for the change")
     requester_verified: bool = Field(default=False, description="the requester signed the request")
     signature_max_age_seconds: float = 900.0
+    approval_page_url: str | None = Field(default=None, description="base address of the approval page")
+    approval_link_seconds: float = 3600.0
 
 
 

@@ -146,6 +146,7 @@ class GateTally(BaseModel):
 
     approvals: list[str] = Field(default_factory=list)
     signed_keys: list[str] = Field(default_factory=list, description="keys of the counted signed approvals")
+    used_links: list[str] = Field(default_factory=list, description="approval links already answered through")
     outcome: GateOutcome | None = None
 
 

@@ -18,8 +18,10 @@ from sevflow.tasks.common import step
 log = get_logger("sevflow.notify")
 
 
-def approval_message(request: GateRequest, tier_name: str, escalated: bool) -> tuple[str, str]:
-    """Subject and body of an approval request: what, where, who may answer, how."""
+def approval_message(request: GateRequest, tier_name: str, escalated: bool, link: str | None = None,
+                     to: str | None = None) -> tuple[str, str]:
+    """Subject and body of an approval request: what, where, who may answer, how; with `link`,
+    the one-click approval link of the approver `to` (theirs alone: not to be forwarded)."""
     incident = request.incident
     run = incident.flow_run_id
     verb = "ESCALATED: approval still needed" if escalated else "Approval needed"
@@ -45,6 +47,9 @@ def approval_message(request: GateRequest, tier_name: str, escalated: bool) -> t
         f"Approve: sevflow approve {run} --as NAME --reason TEXT",
         f"Reject:  sevflow reject {run} --as NAME --reason TEXT",
     ]
+    if link:
+        lines[1:1] = [f"For {to}: your own approval link (one answer, expires in "
+                      f"{request.approval_link_seconds / 60:.0f} min; do not forward it):", link, ""]
     return subject, "\n".join(lines)
 
 

@@ -227,3 +227,107 @@ def test_up_on_postgresql(tmp_path: Path) -> None:
         assert up.ctrl_c() == 0
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+AUTH_RULES = """\
+rules:
+  - name: labelled
+    match:
+      labels: {service: "shop-*"}
+    procedure: application-rollback
+    service_label: service
+    severity: SEV-2
+"""
+
+
+def test_up_with_auth_locks_the_api_and_everything_of_sevflow_still_works(tmp_path: Path) -> None:
+    """`sevflow up --auth`: an unauthenticated API call gets 401; the CLI (run, pending, approve,
+    reject), the worker and the intake work with the password kept in the state folder, which
+    no output or log shows."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from pydantic import SecretStr
+
+    from tests.support.repos import BUILD, make_service_repo, save_service_target
+    from tests.support.services import HealthApp
+
+    home, port, intake_port = tmp_path / "state", free_port(), free_port()
+    api, intake = f"http://127.0.0.1:{port}/api", f"http://127.0.0.1:{intake_port}"
+    home.mkdir()
+    (home / "intake-rules.yaml").write_text(AUTH_RULES)
+    (tmp_path / "service").mkdir()
+    repo = make_service_repo(tmp_path / "service")
+    app = HealthApp(repo.deploy_dir)
+    up = Up(home, port, intake_port, escalation_interval=5, args=("--auth",))
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
+        "SEVFLOW_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+    def sevflow(*args: str, env: dict[str, str] = cli_env) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sevflow", *args], capture_output=True, text=True, env=env,
+                              timeout=180, stdin=subprocess.DEVNULL)
+
+    try:
+        up.wait_for("Ctrl-C stops everything")
+        secret_file = home / "api-auth"
+        assert oct(secret_file.stat().st_mode & 0o777) == "0o600"
+        secret = secret_file.read_text().strip()
+        user, password = secret.split(":", 1)
+        assert len(password) >= 24
+        # Without the password: 401. Health probes stay open.
+        for call in (lambda: httpx.post(f"{api}/flows/filter", json={}),
+                     lambda: httpx.post(f"{api}/flows/filter", json={}, auth=(user, "wrong")),
+                     lambda: httpx.get(f"{api}/block_documents/count")):
+            assert call().status_code == 401
+        assert httpx.get(f"{api}/health").status_code == 200
+        authed = httpx.Client(base_url=api, auth=(user, password), timeout=10)
+        until(lambda: {"application-rollback", "approval-escalation"} <= {
+            f["name"] for f in authed.post("/flows/filter", json={}).json()}, 120, 0.3, what="the procedures deployed")
+
+        name = "shop-locked"
+        with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: secret}):
+            from sevflow.blocks import AlertSource
+
+            save_service_target(name, repo, app.health_url, deploy_token="dpl-tok-locked", health_token="hc-locked",
+                                build_command=BUILD)
+            AlertSource(bearer_token=SecretStr("generic-locked-token")).save("generic", overwrite=True)
+
+        def state(run_id: str) -> str:
+            return authed.get(f"/flow_runs/{run_id}").json()["state"]["type"]
+
+        # The CLI, with only PREFECT_API_URL and SEVFLOW_HOME: it finds the password itself.
+        started = sevflow("run", "application-rollback", "--param", f"service={name}", "--param", "severity=SEV-3")
+        assert started.returncode == 0, started.stdout + started.stderr
+        run_id = re.search(r"flow run ([0-9a-f-]{36})", started.stdout).group(1)
+        until(lambda: state(run_id) == "PAUSED", 120, 0.3, what="the worker to run it to its gate")
+        pending = sevflow("pending")
+        assert pending.returncode == 0 and run_id[-8:] in pending.stdout, pending.stdout + pending.stderr
+        approved = sevflow("approve", run_id, "--as", "alice", "--reason", "locked API, still works", "--wait", "120")
+        assert approved.returncode == 0, approved.stdout + approved.stderr
+        until(lambda: state(run_id) == "COMPLETED", 120, 0.3, what="the approved run to complete")
+        assert app.deployed() == "version 2 healthy"
+
+        # The intake starts a run from an alert (once it has loaded its credentials with the password).
+        alert = {"id": "checkout-5xx", "summary": "checkout 5xx", "severity": "critical", "labels": {"service": name}}
+        delivered = until(lambda: (lambda r: r if r.status_code == 202 else None)(httpx.post(
+            f"{intake}/alerts/generic", json=alert, headers={"Authorization": "Bearer generic-locked-token"},
+            timeout=10)), 60, 0.5, what="the intake to accept the alert")
+        incident = delivered.json()["alerts"][0]["incident_id"]
+
+        def alert_run() -> str | None:
+            runs = authed.post("/flow_runs/filter", json={"flow_runs": {"tags": {"all_": [f"incident:{incident}"]}}}).json()
+            return runs[0]["id"] if runs and runs[0]["state_type"] == "PAUSED" else None
+        from_alert = until(alert_run, 120, 0.3, what="the alert's run to reach its gate")
+        rejected = sevflow("reject", from_alert, "--as", "alice", "--reason", "drill", "--wait", "120")
+        assert rejected.returncode == 0, rejected.stdout + rejected.stderr
+        until(lambda: authed.get(f"/flow_runs/{from_alert}").json()["state"]["name"] == "Rejected", 120, 0.3,
+              what="the rejected run to end")
+
+        # A command pointed at another address does not send the password; this one is refused.
+        other = sevflow("pending", env=cli_env | {"SEVFLOW_HOME": str(tmp_path / "elsewhere")})
+        assert other.returncode != 0 and "401" in other.stdout + other.stderr
+        assert "it is locked with a password" in " ".join(other.stderr.split()), other.stderr
+    finally:
+        assert up.ctrl_c() == 0
+        app.close()
+    outputs = "".join(up.lines) + (home / "server.log").read_text(errors="replace")
+    assert secret not in outputs and password not in outputs
+    assert "API locked (--auth)" in outputs

@@ -1,6 +1,7 @@
 """The alert intake: an HTTP service that turns alert deliveries into incidents.
 
     POST /alerts/{source}   alertmanager, grafana, pagerduty, datadog, opsgenie, sns, generic
+    GET  /approve/{run}/{link}/{token}, POST: the approval page (sevflow.intake.approval_page)
     GET  /healthz           store health (503 when it cannot accept), Prefect reachability,
                             queue, counters and dead letters
     GET  /docs, /openapi.json
@@ -190,6 +191,10 @@ def create_app(config: IntakeConfig) -> FastAPI:
         lifespan=lifespan,
         redirect_slashes=False,  # a wrong path is a 404 the sender's operator can read, not a redirect
     )
+
+    from sevflow.intake.approval_page import add_routes
+
+    add_routes(app)
 
     @app.exception_handler(IntakeError)
     async def _refused(request: Request, exc: IntakeError) -> JSONResponse:

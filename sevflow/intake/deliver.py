@@ -27,10 +27,11 @@ import asyncio
 import functools
 import hashlib
 import inspect
+import json
 import logging
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable
 from uuid import UUID
 
@@ -40,7 +41,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPS
 
 from sevflow.deployments import deployment_path
 from sevflow.intake.store import Incident, Pending, Store, _seen_key
-from sevflow.models import RECORD_PREFIX, TimelineEntry, incident_resource
+from sevflow.models import RECORD_PREFIX, REQUESTER_KEY, TimelineEntry, incident_resource
 
 log = logging.getLogger("sevflow.intake")
 
@@ -243,10 +244,26 @@ class Deliverer:
         # Known in memory first: if the store cannot write it now, a restart creates again with
         # the same idempotency key and gets this run back.
         incident.flow_run_id = str(flow_run.id)
+        await self._record_requester(client, str(flow_run.id), incident, alert)
         await self.store.set_flow_run(incident.incident_id, str(flow_run.id))
         log.info("Incident %s: started %s for %s (%s), flow run %s, from rule %s", incident.incident_id,
                  route.procedure, route.service, route.severity.value, flow_run.id, route.rule)
         self.on_run(incident.incident_id, str(flow_run.id))
+
+    async def _record_requester(self, client: PrefectClient, flow_run_id: str, incident: Incident, alert: Any) -> None:
+        """Who asked for this run's changes: the alert's source and the routing rule that started
+        it (the gate shows it, and a policy that forbids self-approval compares against it)."""
+        record = {"name": f"{alert.source} alert, rule {incident.route.rule}", "how": "intake",
+                  "source": alert.source, "rule": incident.route.rule, "alert": alert.identity,
+                  "signed_at": datetime.now(timezone.utc).isoformat()}
+        try:
+            await client.create_flow_run_input(flow_run_id=UUID(flow_run_id), key=REQUESTER_KEY,
+                                               value=json.dumps(record))
+        except ObjectAlreadyExists:
+            pass  # recorded by an earlier attempt (the same run, by its idempotency key)
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 409:
+                raise
 
     async def _deployment(self, client: PrefectClient, procedure: str) -> UUID:
         if procedure not in self._deployments:

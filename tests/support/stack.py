@@ -52,6 +52,8 @@ class PrefectServer:
             "PREFECT_UI_URL": self.api_url[: -len("/api")],
             "PREFECT_LOGGING_LEVEL": "INFO",
             "PREFECT_LOCAL_STORAGE_PATH": str(self.home / "storage"),
+            # sevflow's own state (the approval-link key) for workers and the intake, not ~/.sevflow
+            "SEVFLOW_HOME": str(self.home / "sevflow"),
         }
 
     def start(self) -> None:
