@@ -146,7 +146,7 @@ def publish_records(
     create_markdown_artifact(key=f"{key}-postmortem", markdown=postmortem,
                              description=f"Post-mortem of incident {incident.incident_id}")
     create_markdown_artifact(key=f"{key}-checklists",
-                             markdown=records.render_checklists(facts, set(proven) | {"Incident documented", "Timeline created"}),
+                             markdown=records.render_checklists(facts, set(proven), artifact=f"{key}-postmortem"),
                              description=f"Post-incident checklists of incident {incident.incident_id}")
     emit_incident_event(incident, "sevflow.incident.documented", {"outcome": outcome})
     return postmortem
@@ -178,6 +178,7 @@ def incident_timeline(incident_id: str) -> list[TimelineEntry]:
             seen.add(key)
             entry.details.setdefault("run", str(run.id))
             entry.details.setdefault("run_name", run.name)
+            entry.details.setdefault("run_url", run_url(run.id) or "")
             merged.append(entry)
     return sorted(merged, key=lambda e: e.at)
 
@@ -198,6 +199,7 @@ def incident_postmortem(incident_id: str) -> str:
         incident_id=incident_id, procedure=", ".join(dict.fromkeys(r.name for r in runs)),
         service=tags.get("service", "?"), severity=Severity.parse(tags.get("sev", "4")),
         started_at=min(starts) if starts else utcnow(), ended_at=max(ends) if ends else utcnow(), outcome=outcome,
+        first_alert_at=next((e.at for e in entries if e.kind == "alert"), None),
         timeline=entries,
         resolution=[f"{r.name}: {r.state.name if r.state else '?'}" + (f" — {r.state.message}" if r.state and
                     r.state.message else "") for r in runs],

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import uuid
+from datetime import datetime
 
 import psycopg
 import pytest
@@ -15,6 +16,14 @@ import pytest
 from sevflow.gate import AnswerRefused, answer_gate
 from tests.conftest import Service, start, wait_final, wait_paused
 from tests.support.stack import PG_DSN
+
+
+def duration(seconds: int) -> str:
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min {seconds % 60} s"
 
 
 def sevflow(stack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -64,6 +73,34 @@ def test_one_timeline_and_post_mortem_across_runs_that_outlive_the_events(servic
     # The response is the first answer that decided something (bob's rejection), not mallory's.
     rejected_at = next(line for line in lines if "Rejected by bob" in line)[11:19]
     assert f"to first response ({rejected_at} UTC)" in md
+
+    # Figures, each computed from the entries the timeline printed (to the second).
+    def when(phrase: str, nth: int = 0) -> datetime:
+        return datetime.strptime([line for line in lines if phrase in line][nth][:19], "%Y-%m-%d %H:%M:%S")
+
+    def spans(a: datetime, b: datetime) -> list[str]:
+        # The timeline shows whole seconds: the exact span is the shown one or one second less.
+        return [duration(int((b - a).total_seconds()) - d) for d in (0, 1)]
+
+    assert lines[0].split("] ", 1)[1].startswith("application-rollback started for"), lines[0]
+    detected = when("started for")
+    assert f"- **Detected:** {detected:%Y-%m-%d %H:%M:%S} — start of run (no alert recorded)" in md
+    acknowledged = next(line for line in md.splitlines() if line.startswith("- **Time to acknowledge:**"))
+    assert any(f"{span} ({rejected_at} UTC, “Rejected by bob" in acknowledged
+               for span in spans(detected, when("Rejected by bob"))), acknowledged
+    mitigated = next(line for line in md.splitlines() if line.startswith("- **Time to mitigate:**"))
+    deployed = when("Step 'deploy' completed")
+    assert any(f"{span} ({deployed:%H:%M:%S} UTC" in mitigated for span in spans(detected, deployed)), mitigated
+    resolved = next(line for line in md.splitlines() if line.startswith("- **Time to resolve:**"))
+    assert any(f"{span} ({when('Procedure ended: resolved'):%H:%M:%S} UTC" in resolved
+               for span in spans(detected, when("Procedure ended: resolved"))), resolved
+    gates = [line for line in md.splitlines() if line.startswith("- **Gate `")]
+    assert len(gates) == 2 and "rejected" in gates[0] and "approved" in gates[1], gates
+    assert any(f"after waiting {span}" in gates[0]
+               for span in spans(when("Approval requested", 0), when("Rejected by bob"))), gates[0]
+    assert any(f"after waiting {span}" in gates[1]
+               for span in spans(when("Approval requested", 1), when("Approved by alice"))), gates[1]
+    assert "mallory answered approve → ignored" in md and "bob answered reject → rejected" in md
 
     # Prefect keeps events 7 days: with every event gone, the record reads the same.
     with psycopg.connect(PG_DSN.rsplit("/", 1)[0] + f"/{stack.database}", autocommit=True) as conn:
