@@ -119,6 +119,11 @@ def render_postmortem(facts: PostmortemFacts) -> str:
         "## Action Items",
         *_action_items(facts.action_items),
     ]
+    missing = missing_parts(facts.edit)
+    if facts.severity.postmortem_required and missing:
+        lines += ["", f"> **Incomplete: a post-mortem is required for {facts.severity.value}.** Missing from the "
+                  f"incident commander: {', '.join(md.escape(m) for m in missing)}. Add them with "
+                  f"{md.code(f'sevflow postmortem {facts.incident_id} --edit')}."]
     for title, body in facts.sections.items():
         lines += ["", f"## {title}", body]
     return "\n".join(lines) + "\n"
@@ -193,6 +198,28 @@ def apply_edit(facts: PostmortemFacts, edit: PostmortemEdit | None) -> Postmorte
         "action_items": [item.line() for item in edit.action_items] or facts.action_items,
         "edit": edit,
     })
+
+
+def follow_up_findings(severity: Severity, edit: PostmortemEdit | None) -> list[str]:
+    """What the post-incident follow-up tells the incident commander is still to do (pure):
+    for SEV-1 and SEV-2 everything a complete post-mortem lacks; below, only action items
+    without an owner or a due date (the post-mortem itself is optional there)."""
+    if severity.postmortem_required:
+        return missing_parts(edit)
+    return [m for m in missing_parts(edit) if m.startswith("owner and due date")]
+
+
+def follow_up_message(incident_id: str, severity: Severity, service: str, findings: list[str],
+                      link: str | None) -> tuple[str, str]:
+    """Subject and body of the follow-up's notice to the incident commander."""
+    subject = f"[{severity.value}] Post-incident follow-up for {incident_id} ({service}): post-mortem incomplete"
+    body = "\n".join([
+        subject, "",
+        "Still missing from the post-mortem:", *(f"- {m}" for m in findings), "",
+        f"Add them with: sevflow postmortem {incident_id} --edit",
+        *([f"Incident run: {link}"] if link else []),
+    ])
+    return subject, body
 
 
 class ChecklistItem(BaseModel):
@@ -474,9 +501,11 @@ def _stamp(at: datetime, other: datetime | None = None) -> str:
 def _utc(at: datetime) -> datetime:
     # sevflow's datetimes are timezone-aware; a naive one (e.g. parsed from text without an
     # offset) is taken to be UTC rather than the machine's local time.
-    if at.tzinfo is None:
-        return at.replace(tzinfo=timezone.utc)
-    return at.astimezone(timezone.utc)
+    utc = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    # A plain datetime: Prefect's DateTime subclass loses its time zone in `+ timedelta`, and
+    # a naive result then cannot be compared with an aware one.
+    return datetime(utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond,
+                    tzinfo=timezone.utc)
 
 
 # --- Security Breach: what the record says beyond the template -----------------------------

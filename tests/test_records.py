@@ -18,6 +18,8 @@ from sevflow.records import (
     PostmortemEdit,
     PostmortemFacts,
     apply_edit,
+    follow_up_findings,
+    follow_up_message,
     gate_figures,
     incident_figures,
     render_checklists,
@@ -192,9 +194,11 @@ def test_what_the_run_cannot_know_is_said_plainly() -> None:
     )
     assert "_Not known to this run" in section(markdown, "Prevention")
     assert "**Impact:** _Not known to this run" in markdown
-    assert section(markdown, "Action Items") == (
-        "- [ ] _Not known to this run: fill in action items_ - Owner: to assign - Due date: to set"
-    )
+    assert section(markdown, "Action Items").split("\n\n") == [
+        "- [ ] _Not known to this run: fill in action items_ - Owner: to assign - Due date: to set",
+        "> **Incomplete: a post-mortem is required for SEV-1.** Missing from the incident commander: root cause, "
+        "impact, prevention, action items. Add them with `sevflow postmortem INC-42 --edit`.",
+    ]
 
 
 def test_what_people_filled_in_is_used() -> None:
@@ -208,7 +212,7 @@ def test_what_people_filled_in_is_used() -> None:
 
     assert section(markdown, "Root Cause") == "A config change removed the database pool size."
     assert section(markdown, "Prevention") == "Validate config in CI."
-    assert section(markdown, "Action Items").splitlines() == [
+    assert section(markdown, "Action Items").splitlines()[:2] == [
         "- [ ] Add config schema check - bob - 2024-05-08",
         "- [ ] Alert on pool exhaustion - Owner: to assign - Due date: to set",
     ]
@@ -414,7 +418,7 @@ def test_the_commanders_edit_proves_the_follow_up_items() -> None:
     postmortem = render_postmortem(record)
     assert section(postmortem, "Root Cause").startswith("Release 2.1 dropped the pool size.")
     assert "**Impact:** Checkout failed for 6 min" in postmortem
-    assert section(postmortem, "Action Items") == "- [ ] Add schema check - bob - 2024-05-08"
+    assert section(postmortem, "Action Items") == "- [ ] Add schema check - bob - 2024-05-08"  # complete: no note
 
 
 def test_an_action_item_without_owner_or_date_leaves_the_post_mortem_incomplete() -> None:
@@ -422,7 +426,15 @@ def test_an_action_item_without_owner_or_date_leaves_the_post_mortem_incomplete(
     ticks = ticks_of(render_checklists(record))
     assert ticks["Action items identified"] == "" and ticks["Full post-mortem written"] == ""
     assert "still missing: owner and due date of action item “Alert on pool”" in render_checklists(record)
-    assert section(render_postmortem(record), "Action Items") == "- [ ] Alert on pool - Owner: to assign - Due date: to set"
+    assert section(render_postmortem(record), "Action Items").split("\n\n") == [
+        "- [ ] Alert on pool - Owner: to assign - Due date: to set",
+        "> **Incomplete: a post-mortem is required for SEV-2.** Missing from the incident commander: owner and due "
+        "date of action item “Alert on pool”. Add them with `sevflow postmortem INC-42 --edit`.",
+    ]
+
+
+def test_an_optional_post_mortem_has_no_incomplete_note() -> None:
+    assert "Incomplete" not in render_postmortem(facts(severity=Severity.SEV3))
 
 
 def test_unproven_items_past_their_deadline_are_overdue() -> None:
@@ -435,6 +447,33 @@ def test_unproven_items_past_their_deadline_are_overdue() -> None:
     after_a_day = render_checklists(record, now=seconds(362 + 86401))
     assert "- [ ] Full post-mortem written — **OVERDUE** (due 2024-05-02 10:04:02 UTC)" in after_a_day
     assert "- [x] Immediate fix applied — evidence:" in after_a_day  # proven items are never overdue
+
+
+# Follow-up
+
+
+def test_follow_up_wants_a_complete_post_mortem_where_one_is_required() -> None:
+    assert follow_up_findings(Severity.SEV2, None) == ["root cause", "impact", "prevention", "action items"]
+    assert follow_up_findings(Severity.SEV1, edit(prevention=" ")) == ["prevention"]
+    assert follow_up_findings(Severity.SEV1, edit()) == []
+    # Below SEV-2 the post-mortem is optional; an action item still needs an owner and a date.
+    assert follow_up_findings(Severity.SEV3, None) == []
+    assert follow_up_findings(Severity.SEV3, edit(action_items=[ActionItem.parse("Alert on pool;bob")])) == [
+        "owner and due date of action item “Alert on pool”"]
+
+
+def test_follow_up_message_says_what_is_missing_and_how_to_add_it() -> None:
+    subject, body = follow_up_message("INC-42", Severity.SEV2, "web", ["impact", "prevention"], "http://ui/run/1")
+    assert subject == "[SEV-2] Post-incident follow-up for INC-42 (web): post-mortem incomplete"
+    assert body.splitlines()[2:] == ["Still missing from the post-mortem:", "- impact", "- prevention", "",
+                                     "Add them with: sevflow postmortem INC-42 --edit", "Incident run: http://ui/run/1"]
+
+
+def test_overdue_works_with_prefects_datetime() -> None:
+    from prefect.types._datetime import DateTime
+
+    ended = DateTime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)  # as the API returns a run's end_time
+    assert "OVERDUE" in render_checklists(facts(ended_at=ended), now=ended + timedelta(hours=2))
 
 
 @pytest.mark.parametrize("text", ["", ";bob;2024-05-08", "a;b;c;d", "fix;bob;08/05/2024"])

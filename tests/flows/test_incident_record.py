@@ -12,10 +12,15 @@ from datetime import datetime
 
 import psycopg
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 
+from sevflow.blocks import ApprovalPolicy
 from sevflow.gate import AnswerRefused, answer_gate
+from sevflow.incident import incident_runs
 from tests.conftest import Service, start, wait_final, wait_paused
 from tests.support.stack import PG_DSN
+from tests.support.wait import until
 
 
 def duration(seconds: int) -> str:
@@ -31,8 +36,15 @@ def sevflow(stack, *args: str) -> subprocess.CompletedProcess[str]:
                           env=dict(os.environ) | stack.env() | {"COLUMNS": "250"}, stdin=subprocess.DEVNULL)
 
 
-def test_one_timeline_and_post_mortem_across_runs_that_outlive_the_events(service: Service, worker, stack) -> None:
+def test_one_timeline_and_post_mortem_across_runs_that_outlive_the_events(service: Service, worker, stack,
+                                                                          tmp_path) -> None:
     incident = f"inc-test-{uuid.uuid4().hex[:8]}"
+    # The follow-up comes a second after resolution here (24 h by default), and tells the
+    # incident commander through the test's webhook receiver.
+    policy = ApprovalPolicy.load(service.policy)
+    policy.follow_up_seconds = 1.0
+    policy.incident_commander_block = service._webhook_block()
+    policy.save(service.policy, overwrite=True)
     # First run: an ignored answer, then a rejection with a reason.
     first = start("application-rollback", service=service.name, policy=service.policy, incident_id=incident,
                   severity="SEV-2")
@@ -49,6 +61,17 @@ def test_one_timeline_and_post_mortem_across_runs_that_outlive_the_events(servic
     answer_gate(second, "approve", "alice", "v2 was healthy")
     assert wait_final(second).state.type.value == "COMPLETED"
 
+    # The Post-Incident Follow-up, scheduled at resolution, finds the post-mortem incomplete
+    # and tells the incident commander.
+    follow_ups = until(lambda: [r for r in incident_runs(incident) if "sevflow-follow-up" in r.tags], 60, 0.5,
+                       what="the follow-up run")
+    assert len(follow_ups) == 1 and follow_ups[0].parameters == {"incident_id": incident, "policy": service.policy}
+    assert wait_final(str(follow_ups[0].id), 120).state.type.value == "COMPLETED"
+    (told,) = [r["body"] for r in service.receiver.received if incident in r["body"].get("subject", "")]
+    assert told["subject"] == f"[SEV-2] Post-incident follow-up for {incident} ({service.name}): post-mortem incomplete"
+    assert "- root cause\n- impact\n- prevention\n- action items" in told["body"]
+    assert f"sevflow postmortem {incident} --edit" in told["body"]
+
     listed = sevflow(stack, "incidents")
     assert listed.returncode == 0 and incident in listed.stdout
 
@@ -59,11 +82,13 @@ def test_one_timeline_and_post_mortem_across_runs_that_outlive_the_events(servic
     assert stamps == sorted(stamps) and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", s) for s in stamps)
     text = timeline.stdout
     phrases = ["may not approve", "Rejected by bob", "Procedure ended: rejected", "Approved by alice",
-               "Step 'deploy' completed", "Procedure ended: resolved"]
+               "Step 'deploy' completed", "Procedure ended: resolved", "Post-incident follow-up scheduled for",
+               "Post-incident follow-up: post-mortem incomplete (root cause; impact; prevention; action items); "
+               "told the incident commander via custom-webhook/hook-"]
     assert all(p in text for p in phrases), text
     order = [text.index(p) for p in phrases]
     assert order == sorted(order)
-    assert len({line.split("  ")[1] for line in lines}) == 2  # entries of both runs
+    assert len({line.split("  ")[1] for line in lines}) == 3  # entries of both runs and the follow-up
 
     postmortem = sevflow(stack, "postmortem", incident)
     assert postmortem.returncode == 0, postmortem.stderr
@@ -110,6 +135,37 @@ def test_one_timeline_and_post_mortem_across_runs_that_outlive_the_events(servic
     assert sevflow(stack, "timeline", incident).stdout == timeline.stdout
     again = sevflow(stack, "postmortem", incident).stdout
     assert again == md
+
+    # Checklists: ticked with the evidence from the record, the rest open.
+    checks = dict(re.findall(r"^- \[[ x]\] (.+?)(?: — (.*))?$", md.split("## Post-Incident", 1)[1], re.M))
+    assert checks["Immediate fix applied"].startswith("evidence: ") and "Step 'deploy' completed" in checks["Immediate fix applied"]
+    assert "Procedure ended: resolved" in checks["System verified working"]
+    assert checks["Root cause identified"] == checks["Full post-mortem written"] == ""
+    assert "Missing from the incident commander: root cause, impact, prevention, action items" in md
+
+    # The incident commander's parts: bad input is refused and changes nothing.
+    bad = sevflow(stack, "postmortem", incident, "--edit", "--as", "carol", "--action", "fix it;bob;next week")
+    assert bad.returncode == 1 and "is not YYYY-MM-DD" in bad.stderr
+    assert sevflow(stack, "postmortem", incident).stdout == md
+    export = tmp_path / "export"
+    edited = sevflow(stack, "postmortem", incident, "--edit", "--as", "carol", "--root-cause", "v3 dropped the <pool>",
+                     "--impact", "Checkout failed for 2 min", "--prevention", "Pool size check in CI",
+                     "--action", "Add pool check;bob;2030-01-08", "--export", str(export))
+    assert edited.returncode == 0, edited.stderr
+    assert "complete" in edited.stdout
+    final = (export / f"{incident}-postmortem.md").read_text()
+    assert "## Root Cause\nv3 dropped the &lt;pool&gt;" in final and "**Impact:** Checkout failed for 2 min" in final
+    assert "## Action Items\n- [ ] Add pool check - bob - 2030-01-08" in final and "Incomplete" not in final
+    checks = dict(re.findall(r"^- \[[ x]\] (.+?)(?: — (.*))?$", final.split("## Post-Incident", 1)[1], re.M))
+    assert checks["Full post-mortem written"].startswith("evidence: post-mortem edited by carol at ")
+    assert checks["Action items identified"].startswith("evidence: 1 with owner and due date")
+    assert "Post-mortem edited by carol; complete (carol)" in sevflow(stack, "timeline", incident).stdout
+    # Re-published as the incident's artifact, and stored past the events.
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=[f"{incident}-postmortem"])))
+    assert [a.data for a in artifact] == [final]
+    assert sevflow(stack, "postmortem", incident).stdout.rstrip("\n") == final.rstrip("\n")
 
     missing = sevflow(stack, "timeline", "inc-nothing")
     assert missing.returncode == 1 and "No runs of incident 'inc-nothing'" in missing.stderr
