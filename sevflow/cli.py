@@ -401,6 +401,9 @@ def postmortem(
     action: list[str] = typer.Option([], "--action", help='With --edit: an action item "what;owner;YYYY-MM-DD"; '
                                      "repeatable; given once or more, they replace the earlier list."),
     export: str = typer.Option("", "--export", help="Also write it to this folder as <incident>-postmortem.md."),
+    export_s3: str = typer.Option("", "--export-s3", help="Also write it to the bucket of this S3 Bucket block "
+                                  "(prefect-aws), as <prefix>/<incident>-postmortem.md."),
+    s3_prefix: str = typer.Option("postmortems", "--s3-prefix", help="With --export-s3: the key prefix."),
 ) -> None:
     """The incident's post-mortem (the runbook's template) across all its runs, from the durable records,
     with the post-incident checklists and their evidence; --edit adds the incident commander's parts."""
@@ -451,10 +454,19 @@ def postmortem(
         except OSError as exc:
             _fail(f"cannot write to {export}: {exc}", code=1)
         out.print(f"Exported {target}", highlight=False)
+    if export_s3:
+        from sevflow.errors import ConfigurationError
+        from sevflow.tasks.s3 import export_text
+
+        try:
+            address = export_text(export_s3, s3_prefix, f"{artifact_key(incident_id)}-postmortem.md", text)
+        except ConfigurationError as exc:
+            _fail(str(exc), code=1)
+        out.print(f"Exported {address}", highlight=False)
     if out_file:
         Path(out_file).write_text(text)
         out.print(f"Wrote {out_file}")
-    elif not edit and not export:
+    elif not edit and not export and not export_s3:
         typer.echo(text)
 
 

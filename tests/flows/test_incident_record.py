@@ -10,10 +10,12 @@ import sys
 import uuid
 from datetime import datetime
 
+import boto3
 import psycopg
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
 
 from sevflow.blocks import ApprovalPolicy
 from sevflow.gate import AnswerRefused, answer_gate
@@ -37,7 +39,7 @@ def sevflow(stack, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_one_timeline_and_post_mortem_across_runs_that_outlive_the_events(service: Service, worker, stack,
-                                                                          tmp_path) -> None:
+                                                                          tmp_path, moto_s3) -> None:
     incident = f"inc-test-{uuid.uuid4().hex[:8]}"
     # The follow-up comes a second after resolution here (24 h by default), and tells the
     # incident commander through the test's webhook receiver.
@@ -148,12 +150,24 @@ def test_one_timeline_and_post_mortem_across_runs_that_outlive_the_events(servic
     assert bad.returncode == 1 and "is not YYYY-MM-DD" in bad.stderr
     assert sevflow(stack, "postmortem", incident).stdout == md
     export = tmp_path / "export"
+    s3 = boto3.client("s3", endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing",
+                      region_name="us-east-1")
+    bucket, bucket_block = f"pm-{incident}", f"pm-{incident}"
+    s3.create_bucket(Bucket=bucket)
+    S3Bucket(bucket_name=bucket, credentials=AwsCredentials(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1",
+        aws_client_parameters=AwsClientParameters(endpoint_url=moto_s3))).save(bucket_block, overwrite=True)
+    no_bucket = sevflow(stack, "postmortem", incident, "--export-s3", "no-such-bucket-block")
+    assert no_bucket.returncode == 1 and "No S3 Bucket block named 'no-such-bucket-block'" in no_bucket.stderr
     edited = sevflow(stack, "postmortem", incident, "--edit", "--as", "carol", "--root-cause", "v3 dropped the <pool>",
                      "--impact", "Checkout failed for 2 min", "--prevention", "Pool size check in CI",
-                     "--action", "Add pool check;bob;2030-01-08", "--export", str(export))
+                     "--action", "Add pool check;bob;2030-01-08", "--export", str(export),
+                     "--export-s3", bucket_block, "--s3-prefix", "incidents/pm")
     assert edited.returncode == 0, edited.stderr
     assert "complete" in edited.stdout
     final = (export / f"{incident}-postmortem.md").read_text()
+    stored = s3.get_object(Bucket=bucket, Key=f"incidents/pm/{incident}-postmortem.md")["Body"].read().decode()
+    assert stored == final and f"s3://{bucket}/incidents/pm/{incident}-postmortem.md" in edited.stdout
     assert "## Root Cause\nv3 dropped the &lt;pool&gt;" in final and "**Impact:** Checkout failed for 2 min" in final
     assert "## Action Items\n- [ ] Add pool check - bob - 2030-01-08" in final and "Incomplete" not in final
     checks = dict(re.findall(r"^- \[[ x]\] (.+?)(?: — (.*))?$", final.split("## Post-Incident", 1)[1], re.M))
