@@ -407,6 +407,9 @@ def _timeline(facts: PostmortemFacts) -> list[str]:
     seen: set[str] = set()
     for entry in facts.timeline:
         milestone = _milestone(entry)
+        if (milestone is None and entry.kind == "alert" and "First alert" not in seen
+                and facts.first_alert_at is not None and _utc(entry.at) == _utc(facts.first_alert_at)):
+            milestone = "First alert"  # the recorded alert is the first alert: one line, not two
         text = md.escape(entry.description) + (f" ({md.escape(entry.actor)})" if entry.actor else "")
         reason = str(entry.details.get("reason", "")).strip()
         if entry.kind == "approval" and reason and reason not in entry.description:

@@ -163,6 +163,14 @@ def test_timeline_lists_milestones_and_what_the_run_did_in_order() -> None:
     assert "- --:-- - Root cause identified — _not known to this run: fill in_" in lines
 
 
+def test_the_recorded_first_alert_is_one_line() -> None:
+    lines = section(render_postmortem(facts(timeline=scripted(), started_at=seconds(60), ended_at=seconds(362))),
+                    "Timeline").splitlines()
+    assert lines[1:3] == ["- 09:58:00 - First alert — Alert firing (opened the incident): web down",
+                          "- 09:59:00 - Investigation started — application-rollback started"]
+    assert sum("First alert" in line for line in lines) == 1
+
+
 def test_free_text_is_escaped_and_approvers_reasons_kept() -> None:
     at = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
     entries = [
