@@ -235,9 +235,8 @@ def incident_postmortem(incident_id: str) -> str:
     incident commander's parts, followed by the checklists with their evidence."""
     runs = _runs_of(incident_id)
     facts = _incident_facts(incident_id, runs)
-    key = artifact_key(incident_id)
     return (records.render_postmortem(facts) + "\n"
-            + records.render_checklists(facts, now=utcnow(), artifact=f"{key}-postmortem"))
+            + records.render_checklists(facts, now=utcnow(), artifact=incident_artifact_key(incident_id)))
 
 
 def read_postmortem_edit(runs: list[Any]) -> records.PostmortemEdit | None:
@@ -280,11 +279,18 @@ def edit_postmortem(incident_id: str, by: str, root_cause: str | None = None, im
     return edit
 
 
+def incident_artifact_key(incident_id: str) -> str:
+    """The key of the incident's own post-mortem artifact (all its runs)."""
+    return f"{artifact_key(incident_id)}-incident-postmortem"
+
+
 def publish_incident_record(incident_id: str) -> str:
     """(Re-)publish the incident's post-mortem (with its checklists) as the markdown artifact
     keyed by incident. Returns the markdown."""
     text = incident_postmortem(incident_id)
-    create_markdown_artifact(key=f"{artifact_key(incident_id)}-postmortem", markdown=text,
+    # Not `<incident>-postmortem`: each run's own post-mortem has that key, and the latest run's
+    # would hide the incident's.
+    create_markdown_artifact(key=incident_artifact_key(incident_id), markdown=text,
                              description=f"Post-mortem of incident {incident_id} (all its runs)")
     return text
 
@@ -357,6 +363,7 @@ def follow_up(incident_id: str, policy: str) -> list[str]:
             at=utcnow(), source="sevflow", kind="note",
             description="Post-incident follow-up: post-mortem complete, every action item has an owner and a date",
         ).model_dump(mode="json"))
+        publish_incident_record(incident_id)
         return []
     try:
         block = ApprovalPolicy.load(policy).incident_commander(severity)
@@ -376,4 +383,5 @@ def follow_up(incident_id: str, policy: str) -> list[str]:
         description=f"Post-incident follow-up: post-mortem incomplete ({'; '.join(findings)}); told the incident "
         f"commander via {block}",
     ).model_dump(mode="json"))
+    publish_incident_record(incident_id)
     return findings

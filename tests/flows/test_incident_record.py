@@ -73,6 +73,11 @@ def test_one_timeline_and_post_mortem_across_runs_that_outlive_the_events(servic
     assert told["subject"] == f"[SEV-2] Post-incident follow-up for {incident} ({service.name}): post-mortem incomplete"
     assert "- root cause\n- impact\n- prevention\n- action items" in told["body"]
     assert f"sevflow postmortem {incident} --edit" in told["body"]
+    # The follow-up published the incident's post-mortem (all its runs), incomplete as it is.
+    with get_client(sync_client=True) as client:
+        (published,) = client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
+            key=ArtifactCollectionFilterKey(any_=[f"{incident}-incident-postmortem"])))
+    assert "Missing from the incident commander: root cause, impact, prevention, action items" in published.data
 
     listed = sevflow(stack, "incidents")
     assert listed.returncode == 0 and incident in listed.stdout
@@ -177,7 +182,8 @@ def test_one_timeline_and_post_mortem_across_runs_that_outlive_the_events(servic
     # Re-published as the incident's artifact, and stored past the events.
     with get_client(sync_client=True) as client:
         artifact = client.read_latest_artifacts(
-            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=[f"{incident}-postmortem"])))
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(
+                any_=[f"{incident}-incident-postmortem"])))
     assert [a.data for a in artifact] == [final]
     assert sevflow(stack, "postmortem", incident).stdout.rstrip("\n") == final.rstrip("\n")
 
