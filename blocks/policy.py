@@ -72,6 +72,27 @@ class ApprovalPolicy(Block):
         default=3600.0, gt=0, description="How long an approval link stays valid after it is sent."
     )
 
+    follow_up_seconds: float = Field(
+        default=24 * 3600.0, gt=0,
+        description="Post-Incident Follow-up: seconds after resolution that the follow-up run checks the "
+        "post-mortem (the runbook's \"Follow-up (within 24 hours)\").",
+    )
+    incident_commander_block: str | None = Field(
+        default=None,
+        description="Notification block (`block-type-slug/name`) that reaches the incident commander; when "
+        "empty, the escalation tier named \"incident commander\" for the incident's severity is used.",
+    )
+
+    def incident_commander(self, severity: Severity) -> str | None:
+        """The notification block that reaches the incident commander at this severity, if any."""
+        if self.incident_commander_block:
+            return self.incident_commander_block
+        for key in (severity.value, "*"):
+            for tier in self.escalation.get(key, []):
+                if tier.name.strip().lower() == "incident commander" and tier.notification_block:
+                    return tier.notification_block
+        return None
+
     @field_validator("approver_keys")
     @classmethod
     def _keys(cls, value: dict[str, str]) -> dict[str, str]:

@@ -19,6 +19,7 @@ RUNBOOK_NAMES: dict[str, str] = {
     "configuration-rollback": "Rollback: Configuration",
     "database-rollback": "Rollback: Database",
     "approval-escalation": "Escalation Path",
+    "post-incident-follow-up": "Post-Incident Follow-up",
 }
 
 
@@ -55,9 +56,16 @@ def watcher() -> Flow[Any, Any]:
     return approval_escalation
 
 
+def follow_up() -> Flow[Any, Any]:
+    """The Post-Incident Follow-up: scheduled by a procedure that resolves an incident, not started by people."""
+    from sevflow.flows.post_incident_follow_up import post_incident_follow_up
+
+    return post_incident_follow_up
+
+
 def flow_modules() -> list[str]:
     """Modules a worker process needs imported before it runs any flow."""
-    return [f.fn.__module__ for f in (*procedures().values(), watcher())]
+    return [f.fn.__module__ for f in (*procedures().values(), watcher(), follow_up())]
 
 
 def deployment_kwargs() -> list[tuple[Flow[Any, Any], dict[str, Any]]]:
@@ -70,6 +78,8 @@ def deployment_kwargs() -> list[tuple[Flow[Any, Any], dict[str, Any]]]:
     ]
     out.append((watcher(), dict(name=deployment_name(watcher().name), tags=["sevflow-watcher"],
                                 description=(watcher().description or "").strip().split("\n")[0])))
+    out.append((follow_up(), dict(name=deployment_name(follow_up().name), tags=["sevflow"],
+                                  description=(follow_up().description or "").strip().split("\n")[0])))
     return out
 
 

@@ -365,7 +365,8 @@ def incidents(limit: int = typer.Option(200, help="Most runs to read.")) -> None
     for incident_id, found in grouped.items():
         tags = _incident_tags(found[0].tags)
         started = min((r.start_time or r.expected_start_time or utcnow()) for r in found)
-        open_ = any(r.state and not r.state.is_final() for r in found)
+        # A follow-up scheduled a day after resolution does not keep the incident open.
+        open_ = any(r.state and not r.state.is_final() for r in found if "sevflow-follow-up" not in r.tags)
         waiting = [r.name for r in found if r.state and r.state.type.value == "PAUSED"]
         states = ", ".join(f"{r.name}: {r.state.name if r.state else '?'}" for r in found)
         rows.append((not open_, started, incident_id, tags.get("sev", "?"), tags.get("service", "?"), states,
@@ -391,18 +392,84 @@ def timeline(incident_id: str) -> None:
 
 
 @app.command()
-def postmortem(incident_id: str, out_file: str = typer.Option("", "--out", help="Write it to this file.")) -> None:
-    """The incident's post-mortem (the runbook's template) across all its runs, from the durable records."""
-    from sevflow.incident import incident_postmortem
+def postmortem(
+    incident_id: str,
+    out_file: str = typer.Option("", "--out", help="Write it to this file."),
+    edit: bool = typer.Option(False, "--edit", help="Give the incident commander's parts (asked in turn unless "
+                              "given as options), store them with the incident and re-publish its post-mortem."),
+    as_: str = typer.Option("", "--as", help="With --edit: your name (the incident commander)."),
+    root_cause: str | None = typer.Option(None, "--root-cause", help="With --edit: why it broke."),
+    impact: str | None = typer.Option(None, "--impact", help="With --edit: who and what was affected."),
+    prevention: str | None = typer.Option(None, "--prevention", help="With --edit: what will prevent it in future."),
+    action: list[str] = typer.Option([], "--action", help='With --edit: an action item "what;owner;YYYY-MM-DD"; '
+                                     "repeatable; given once or more, they replace the earlier list."),
+    export: str = typer.Option("", "--export", help="Also write it to this folder as <incident>-postmortem.md."),
+    export_s3: str = typer.Option("", "--export-s3", help="Also write it to the bucket of this S3 Bucket block "
+                                  "(prefect-aws), as <prefix>/<incident>-postmortem.md."),
+    s3_prefix: str = typer.Option("postmortems", "--s3-prefix", help="With --export-s3: the key prefix."),
+) -> None:
+    """The incident's post-mortem (the runbook's template) across all its runs, from the durable records,
+    with the post-incident checklists and their evidence; --edit adds the incident commander's parts."""
+    from sevflow.incident import artifact_key, edit_postmortem, incident_postmortem
+    from sevflow.records import ActionItem
 
+    given = any(v is not None for v in (root_cause, impact, prevention)) or bool(action) or bool(as_)
+    if given and not edit:
+        _fail("--as, --root-cause, --impact, --prevention and --action go with --edit.")
+    if edit:
+        if not given:
+            if not sys.stdin.isatty():
+                _fail("--edit without options asks its questions on a terminal: give --as, --root-cause, --impact, "
+                      '--prevention and --action "what;owner;YYYY-MM-DD" instead.')
+            as_ = typer.prompt("Your name (incident commander)")
+            root_cause = typer.prompt("Root cause", default="", show_default=False)
+            impact = typer.prompt("Impact (who and what was affected)", default="", show_default=False)
+            prevention = typer.prompt("Prevention", default="", show_default=False)
+            while True:
+                text = typer.prompt('Action item "what;owner;YYYY-MM-DD" (empty to finish)', default="",
+                                    show_default=False)
+                if not text.strip():
+                    break
+                try:
+                    ActionItem.parse(text)
+                except ValueError as exc:
+                    err.print(str(exc))
+                    continue
+                action.append(text)
+        try:
+            done = edit_postmortem(incident_id, as_, root_cause=root_cause, impact=impact, prevention=prevention,
+                                   action_items=action or None)
+        except (ValueError, LookupError) as exc:
+            _fail(str(exc), code=1)
+        missing = done.missing()
+        out.print(f"Stored the post-mortem of {incident_id} by {done.by}"
+                  + (f"; still missing: {', '.join(missing)}" if missing else "; complete"), highlight=False)
     try:
         text = incident_postmortem(incident_id)
     except LookupError as exc:
         _fail(str(exc), code=1)
+    if export:
+        folder = Path(export)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{artifact_key(incident_id)}-postmortem.md"
+            target.write_text(text)
+        except OSError as exc:
+            _fail(f"cannot write to {export}: {exc}", code=1)
+        out.print(f"Exported {target}", highlight=False)
+    if export_s3:
+        from sevflow.errors import ConfigurationError
+        from sevflow.tasks.s3 import export_text
+
+        try:
+            address = export_text(export_s3, s3_prefix, f"{artifact_key(incident_id)}-postmortem.md", text)
+        except ConfigurationError as exc:
+            _fail(str(exc), code=1)
+        out.print(f"Exported {address}", highlight=False)
     if out_file:
         Path(out_file).write_text(text)
         out.print(f"Wrote {out_file}")
-    else:
+    elif not edit and not export and not export_s3:
         typer.echo(text)
 
 

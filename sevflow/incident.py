@@ -22,10 +22,13 @@ from sevflow.models import IncidentContext, Severity, TimelineEntry, utcnow
 from sevflow.tasks.common import step
 from sevflow.tasks.orchestrator import (
     add_run_tags,
+    RECORD_PREFIX,
     emit_incident_event,
+    read_records,
     record_timeline,
     run_url,
     timeline_records,
+    write_record,
 )
 
 def incident_id_for(flow_run_id: str, started: datetime) -> str:
@@ -116,6 +119,10 @@ def publish_records(
     # Durable too: the incident's timeline across runs (and after events expire) shows it.
     record_timeline(incident, "zz-ended", end)
     timeline.append(end)
+    if outcome == "resolved":
+        scheduled = schedule_follow_up(incident, ended)
+        record_timeline(incident, "zz-follow-up", scheduled)
+        timeline.append(scheduled)
     facts = records.PostmortemFacts(
         incident_id=incident.incident_id,
         procedure=incident.procedure,
@@ -137,7 +144,7 @@ def publish_records(
         health_after=health_after,
         sections=sections or {},
     )
-    key = _artifact_key(incident.incident_id)
+    key = artifact_key(incident.incident_id)
     create_table_artifact(
         key=f"{key}-timeline", table=records.timeline_table(timeline),
         description=f"Timeline of incident {incident.incident_id} ({incident.procedure})",
@@ -146,7 +153,7 @@ def publish_records(
     create_markdown_artifact(key=f"{key}-postmortem", markdown=postmortem,
                              description=f"Post-mortem of incident {incident.incident_id}")
     create_markdown_artifact(key=f"{key}-checklists",
-                             markdown=records.render_checklists(facts, set(proven) | {"Incident documented", "Timeline created"}),
+                             markdown=records.render_checklists(facts, set(proven), artifact=f"{key}-postmortem"),
                              description=f"Post-incident checklists of incident {incident.incident_id}")
     emit_incident_event(incident, "sevflow.incident.documented", {"outcome": outcome})
     return postmortem
@@ -178,17 +185,25 @@ def incident_timeline(incident_id: str) -> list[TimelineEntry]:
             seen.add(key)
             entry.details.setdefault("run", str(run.id))
             entry.details.setdefault("run_name", run.name)
+            entry.details.setdefault("run_url", run_url(run.id) or "")
             merged.append(entry)
     return sorted(merged, key=lambda e: e.at)
 
 
-def incident_postmortem(incident_id: str) -> str:
-    """The post-mortem of the whole incident, rendered from every run's durable records."""
-    runs = incident_runs(incident_id)
-    if not runs:
-        raise LookupError(f"No runs of incident {incident_id!r}: `sevflow incidents` lists them.")
-    tags = {k: v for k, _, v in (t.partition(":") for t in runs[0].tags)}
+EDIT_PREFIX = "sevflow-postmortem-edit-"
+FOLLOW_UP = "post-incident-follow-up"
+FOLLOW_UP_TAG = "sevflow-follow-up"
+
+
+def _procedure_runs(runs: list[Any]) -> list[Any]:
+    """The runs that worked the incident (not its follow-ups), or all of them if none."""
+    return [r for r in runs if FOLLOW_UP_TAG not in r.tags] or runs
+
+
+def _incident_facts(incident_id: str, runs: list[Any]) -> records.PostmortemFacts:
     entries = incident_timeline(incident_id)
+    runs = _procedure_runs(runs)
+    tags = {k: v for k, _, v in (t.partition(":") for t in runs[0].tags)}
     starts = [r.start_time or r.expected_start_time for r in runs if r.start_time or r.expected_start_time]
     ends = [r.end_time for r in runs if r.end_time]
     last = runs[-1]
@@ -198,15 +213,175 @@ def incident_postmortem(incident_id: str) -> str:
         incident_id=incident_id, procedure=", ".join(dict.fromkeys(r.name for r in runs)),
         service=tags.get("service", "?"), severity=Severity.parse(tags.get("sev", "4")),
         started_at=min(starts) if starts else utcnow(), ended_at=max(ends) if ends else utcnow(), outcome=outcome,
+        first_alert_at=next((e.at for e in entries if e.kind == "alert"), None),
         timeline=entries,
         resolution=[f"{r.name}: {r.state.name if r.state else '?'}" + (f" — {r.state.message}" if r.state and
                     r.state.message else "") for r in runs],
         response_at=next((e.at for e in entries if e.kind == "approval" and e.source == "approver"
                           and e.details.get("verdict") in ("counted", "rejected")), None),
     )
-    return records.render_postmortem(facts)
+    return records.apply_edit(facts, read_postmortem_edit(runs))
 
 
-def _artifact_key(incident_id: str) -> str:
+def _runs_of(incident_id: str) -> list[Any]:
+    runs = incident_runs(incident_id)
+    if not runs:
+        raise LookupError(f"No runs of incident {incident_id!r}: `sevflow incidents` lists them.")
+    return runs
+
+
+def incident_postmortem(incident_id: str) -> str:
+    """The post-mortem of the whole incident, rendered from every run's durable records and the
+    incident commander's parts, followed by the checklists with their evidence."""
+    runs = _runs_of(incident_id)
+    facts = _incident_facts(incident_id, runs)
+    return (records.render_postmortem(facts) + "\n"
+            + records.render_checklists(facts, now=utcnow(), artifact=incident_artifact_key(incident_id)))
+
+
+def read_postmortem_edit(runs: list[Any]) -> records.PostmortemEdit | None:
+    """The incident commander's latest post-mortem parts, stored on the incident's first run."""
+    stored = read_records(_procedure_runs(runs)[0].id, EDIT_PREFIX)
+    if not stored:
+        return None
+    return records.PostmortemEdit.model_validate(stored[max(stored)])
+
+
+def edit_postmortem(incident_id: str, by: str, root_cause: str | None = None, impact: str | None = None,
+                    prevention: str | None = None, action_items: list[str] | None = None) -> records.PostmortemEdit:
+    """Store the incident commander's parts of the post-mortem with the incident (a run input
+    record on its first run: it lives as long as the run, past Prefect's events), note it on
+    the timeline, and re-publish the incident's post-mortem artifact. A part left None keeps
+    what an earlier edit said. Bad input raises ValueError/LookupError before anything is stored."""
+    if not by.strip():
+        raise ValueError("say who you are with --as NAME: the post-mortem records who wrote it")
+    items = [records.ActionItem.parse(text) for text in action_items] if action_items is not None else None
+    runs = _runs_of(incident_id)
+    before = read_postmortem_edit(runs)
+    at = utcnow()
+    edit = records.PostmortemEdit(
+        by=by.strip(), at=at,
+        root_cause=root_cause if root_cause is not None else (before.root_cause if before else ""),
+        impact=impact if impact is not None else (before.impact if before else ""),
+        prevention=prevention if prevention is not None else (before.prevention if before else ""),
+        action_items=items if items is not None else (before.action_items if before else []),
+    )
+    stamp = f"{at:%Y%m%d-%H%M%S-%f}"  # run input keys: lowercase letters, digits, dashes
+    first = _procedure_runs(runs)[0]
+    write_record(first.id, f"{EDIT_PREFIX}{stamp}", edit.model_dump(mode="json"))
+    missing = edit.missing()
+    write_record(first.id, f"{RECORD_PREFIX}postmortem-edit-{stamp}", TimelineEntry(
+        at=at, source="sevflow", kind="note", actor=edit.by,
+        description=f"Post-mortem edited by {edit.by}" + (f"; still missing: {', '.join(missing)}" if missing else
+                                                           "; complete"),
+    ).model_dump(mode="json"))
+    publish_incident_record(incident_id)
+    return edit
+
+
+def incident_artifact_key(incident_id: str) -> str:
+    """The key of the incident's own post-mortem artifact (all its runs)."""
+    return f"{artifact_key(incident_id)}-incident-postmortem"
+
+
+def publish_incident_record(incident_id: str) -> str:
+    """(Re-)publish the incident's post-mortem (with its checklists) as the markdown artifact
+    keyed by incident. Returns the markdown."""
+    text = incident_postmortem(incident_id)
+    # Not `<incident>-postmortem`: each run's own post-mortem has that key, and the latest run's
+    # would hide the incident's.
+    create_markdown_artifact(key=incident_artifact_key(incident_id), markdown=text,
+                             description=f"Post-mortem of incident {incident_id} (all its runs)")
+    return text
+
+
+def artifact_key(incident_id: str) -> str:
     cleaned = "".join(c if c.isalnum() else "-" for c in incident_id.lower()).strip("-")
     return cleaned or "incident"
+
+
+# --- Post-Incident Follow-up -----------------------------------------------------------------
+
+
+def schedule_follow_up(incident: IncidentContext, resolved_at: datetime) -> TimelineEntry:
+    """Schedule the Post-Incident Follow-up run for the policy's delay after resolution (24 h by
+    default), tagged with the incident. Returns the timeline entry that says so (or, loudly,
+    why no follow-up could be scheduled: the procedure's fix stands either way)."""
+    from datetime import timedelta
+
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Scheduled
+
+    from sevflow.blocks.policy import ApprovalPolicy
+    from sevflow.deployments import deployment_path, run_queue
+
+    try:
+        delay = ApprovalPolicy.load(incident.policy).follow_up_seconds
+    except ValueError:
+        delay = 24 * 3600.0  # no such policy block: the runbook's 24 hours
+    due = resolved_at + timedelta(seconds=delay)
+    path = deployment_path(FOLLOW_UP)
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(path)
+        except ObjectNotFound:
+            get_run_logger().error("No deployment %s: the post-incident follow-up of %s is NOT scheduled; run "
+                                   "`sevflow serve` (or `sevflow deploy`) so it exists.", path, incident.incident_id)
+            return TimelineEntry(at=utcnow(), source="sevflow", kind="note",
+                                 description=f"Post-incident follow-up NOT scheduled: no deployment {path}")
+        run = client.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={"incident_id": incident.incident_id, "policy": incident.policy},
+            state=Scheduled(scheduled_time=due),
+            tags=[*incident.tags, FOLLOW_UP_TAG],
+            # Once per resolving run, however often its last step is replayed.
+            idempotency_key=f"{FOLLOW_UP}-{incident.flow_run_id}",
+            work_queue_name=run_queue(deployment.work_pool_name, incident.severity),
+        )
+    return TimelineEntry(at=utcnow(), source="sevflow", kind="note",
+                         description=f"Post-incident follow-up scheduled for {due:%Y-%m-%d %H:%M:%S} UTC",
+                         details={"follow_up_run": str(run.id)})
+
+
+def follow_up(incident_id: str, policy: str) -> list[str]:
+    """The follow-up's check, run inside its flow: is the post-mortem complete and does every
+    action item have an owner and a date? If not, tell the incident commander. Records the
+    result on the follow-up run's timeline; returns what is missing."""
+    from sevflow.blocks.policy import ApprovalPolicy
+    from sevflow.errors import ConfigurationError
+    from sevflow.tasks import notify
+
+    runs = _runs_of(incident_id)
+    procedure = _procedure_runs(runs)
+    tags = {k: v for k, _, v in (t.partition(":") for t in procedure[0].tags)}
+    severity = Severity.parse(tags.get("sev", "4"))
+    service = tags.get("service", "?")
+    findings = records.follow_up_findings(severity, read_postmortem_edit(runs))
+    this_run = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+    if not findings:
+        write_record(this_run, f"{RECORD_PREFIX}follow-up", TimelineEntry(
+            at=utcnow(), source="sevflow", kind="note",
+            description="Post-incident follow-up: post-mortem complete, every action item has an owner and a date",
+        ).model_dump(mode="json"))
+        publish_incident_record(incident_id)
+        return []
+    try:
+        block = ApprovalPolicy.load(policy).incident_commander(severity)
+    except ValueError as exc:
+        raise ConfigurationError(f"No sevflow Approval Policy block named {policy!r}: the follow-up cannot find "
+                                 "the incident commander's notification block.") from exc
+    if not block:
+        raise ConfigurationError(
+            f"The post-mortem of {incident_id} is incomplete ({'; '.join(findings)}) but policy {policy!r} names no "
+            "notification block for the incident commander: set `incident_commander_block`, or a notification "
+            "block on its escalation tier named \"incident commander\".")
+    subject, body = records.follow_up_message(incident_id, severity, service, findings,
+                                              run_url(procedure[0].id))
+    notify.send(block, subject, body)
+    write_record(this_run, f"{RECORD_PREFIX}follow-up", TimelineEntry(
+        at=utcnow(), source="sevflow", kind="note",
+        description=f"Post-incident follow-up: post-mortem incomplete ({'; '.join(findings)}); told the incident "
+        f"commander via {block}",
+    ).model_dump(mode="json"))
+    publish_incident_record(incident_id)
+    return findings

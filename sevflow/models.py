@@ -1176,6 +1176,7 @@ class IncidentContext(BaseModel):
     run_url: str | None = None
     opened_at: datetime
     reason: str = ""
+    policy: str = Field(default="default", description="the approval policy block the run is judged by")
 
     @property
     def resource_id(self) -> str:

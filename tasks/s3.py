@@ -153,3 +153,21 @@ from sevflow.tasks.common import step  # noqa: E402
 def find_backups(spec: DatabaseSpec) -> list[BackupRef]:
     """Read-only: the backups of the database (S3 prefix and local folder), newest first."""
     return find_backups_now(spec)
+
+
+def export_text(block: str, prefix: str, name: str, text: str) -> str:
+    """Write `text` as `<bucket folder>/<prefix>/<name>` in the bucket of the S3 Bucket block
+    `block` (a re-export replaces the earlier copy of the same name). Returns its s3:// address."""
+    try:
+        bucket: S3Bucket = S3Bucket.load(block)  # type: ignore[assignment]
+    except ValueError as exc:
+        raise ConfigurationError(f"No S3 Bucket block named {block!r} (prefect-aws): create it in the Prefect UI "
+                                 "(Blocks), or name another with --export-s3.") from exc
+    key = _prefix(bucket, prefix) + name
+    try:
+        _client(bucket).put_object(Bucket=bucket.bucket_name, Key=key, Body=text.encode(),
+                                   ContentType="text/markdown; charset=utf-8")
+    except ClientError as exc:
+        raise ConfigurationError(f"Could not write s3://{bucket.bucket_name}/{key}: "
+                                 f"{exc.response.get('Error', {}).get('Code', exc)}") from exc
+    return f"s3://{bucket.bucket_name}/{key}"

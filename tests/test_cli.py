@@ -96,3 +96,21 @@ def test_status_lists_server_workers_intake_and_watcher(worker, stack) -> None:
     assert "Intake          http://127.0.0.1:9: not answering" in text
     assert re.search(r"Watcher +last escalation run \d+ s ago: Completed", text), text
     assert "Answered, not yet resumed:" in text
+
+
+def test_postmortem_edit_misuse_is_refused_before_anything_is_read_or_stored(tmp_path) -> None:
+    # No server at all: each of these must stop on the command line, with what to do instead.
+    env = dict(os.environ) | {"PREFECT_API_URL": "http://127.0.0.1:9/api", "COLUMNS": "250"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sevflow", "postmortem", "inc-1", *args], capture_output=True,
+                              text=True, timeout=120, env=env, stdin=subprocess.DEVNULL, cwd=tmp_path)
+
+    without_edit = cli("--root-cause", "x")
+    assert without_edit.returncode == 2 and "go with --edit" in without_edit.stderr
+    no_terminal = cli("--edit")
+    assert no_terminal.returncode == 2 and "asks its questions on a terminal" in no_terminal.stderr
+    bad_item = cli("--edit", "--as", "carol", "--action", "fix;bob;tomorrow")
+    assert bad_item.returncode == 1 and "due date 'tomorrow' is not YYYY-MM-DD" in bad_item.stderr
+    nobody = cli("--edit", "--root-cause", "x")
+    assert nobody.returncode == 1 and "say who you are with --as NAME" in nobody.stderr

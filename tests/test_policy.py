@@ -122,3 +122,15 @@ def test_pure_modules_import_no_io_library(module: str) -> None:
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_incident_commander_is_the_policys_block_or_its_tier_of_that_name() -> None:
+    from sevflow.blocks import ApprovalPolicy, EscalationTier
+
+    tiers = {"SEV-1": [EscalationTier(name="primary on-call", wait_seconds=60, notification_block="slack/oncall"),
+                       EscalationTier(name="Incident Commander", wait_seconds=60, notification_block="email/ic")]}
+    policy = ApprovalPolicy(escalation=tiers)
+    assert policy.incident_commander(Severity.SEV1) == "email/ic"
+    assert policy.incident_commander(Severity.SEV2) is None  # nobody named: the follow-up says so
+    assert ApprovalPolicy(escalation=tiers, incident_commander_block="email/ic2").incident_commander(Severity.SEV2) == "email/ic2"
+    assert ApprovalPolicy().follow_up_seconds == 24 * 3600  # the runbook's "within 24 hours"

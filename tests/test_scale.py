@@ -210,7 +210,7 @@ def test_a_gate_opened_on_host_a_completes_on_host_b_and_repeats_no_side_effect(
 def test_prefect_deploy_all_registers_every_procedure_on_a_fresh_server(tmp_path: Path,
                                                                        workers: list[PoolWorker]) -> None:
     import sevflow.deployments as sevflow_deployments
-    from sevflow.deployments import deployment_name, entrypoint, procedures, watcher
+    from sevflow.deployments import deployment_name, entrypoint, follow_up, procedures, watcher
 
     (tmp_path / "prefect").mkdir()
     server = PrefectServer(tmp_path / "prefect")
@@ -232,7 +232,7 @@ def test_prefect_deploy_all_registers_every_procedure_on_a_fresh_server(tmp_path
         api = server.api_url
         flows = {f["id"]: f["name"] for f in httpx.post(f"{api}/flows/filter", json={}).json()}
         found = {flows[d["flow_id"]]: d for d in httpx.post(f"{api}/deployments/filter", json={}).json()}
-        expected = {f.name: f for f in (*procedures().values(), watcher())}
+        expected = {f.name: f for f in (*procedures().values(), watcher(), follow_up())}
         assert set(found) == set(expected)
         for name, flow in expected.items():
             assert found[name]["name"] == deployment_name(name)  # as `sevflow deploy` names it

@@ -102,7 +102,7 @@ def test_up_starts_everything_stops_everything_and_reuses_its_state(tmp_path: Pa
     home, port, intake_port = tmp_path / "state", free_port(), free_port()
     api = f"http://127.0.0.1:{port}/api"
     intake = f"http://127.0.0.1:{intake_port}"
-    up = Up(home, port, intake_port, escalation_interval=3)  # often a watcher pass in flight at Ctrl-C
+    up = Up(home, port, intake_port, escalation_interval=3)  # the watcher looks every 3 s
     try:
         up.wait_for("Ctrl-C stops everything")
         assert any(f"http://127.0.0.1:{port}" in line for line in up.lines)

@@ -217,6 +217,8 @@ def begin(procedure: str, service: str, severity: Severity, incident_id: str | N
             get_run_logger().warning("The run asked for approval policy %r; service %s is judged by its own "
                                      "policy %r.", policy, service, service_policy)
         policy = service_policy
+    # The post-incident follow-up reads its delay and the incident commander from this policy.
+    incident = incident.model_copy(update={"policy": policy})
     return Procedure(incident=incident, policy=policy, dry_run=dry_run)
 
 
