@@ -6,7 +6,15 @@ from prefect.blocks.core import Block
 from pydantic import Field, field_validator
 
 from sevflow.models import Severity
-from sevflow.policy import ApprovalRule, EscalationTier, GateRequirement, check_approver_keys, requirement_for
+from sevflow.policy import (
+    ApprovalRule,
+    EscalationTier,
+    GateRequirement,
+    check_approver_keys,
+    check_minimum_severity,
+    minimum_severity_for,
+    requirement_for,
+)
 
 __all__ = ["ApprovalPolicy", "ApprovalRule", "EscalationTier"]
 
@@ -92,6 +100,21 @@ class ApprovalPolicy(Block):
                 if tier.name.strip().lower() == "incident commander" and tier.notification_block:
                     return tier.notification_block
         return None
+
+    minimum_severity: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per service glob, the lowest severity a run on it works at, e.g. {\"payments-*\": \"SEV-2\"}. "
+        "A run started lower is raised to it (the timeline says so); a higher one stays.",
+    )
+
+    @field_validator("minimum_severity")
+    @classmethod
+    def _floors(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_minimum_severity(value)
+
+    def minimum_severity_for(self, service: str) -> Severity | None:
+        """The floor this policy sets for `service` (the most severe matching glob), if any."""
+        return minimum_severity_for(self.minimum_severity, service)
 
     @field_validator("approver_keys")
     @classmethod

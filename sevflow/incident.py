@@ -18,7 +18,8 @@ from prefect.client.orchestration import get_client
 from prefect.context import get_run_context
 
 from sevflow import records
-from sevflow.models import IncidentContext, Severity, TimelineEntry, utcnow
+from sevflow.models import SEVERITY_FLOOR_KEY, IncidentContext, Severity, TimelineEntry, utcnow
+from sevflow.policy import effective_severity
 from sevflow.tasks.common import step
 from sevflow.tasks.orchestrator import (
     add_run_tags,
@@ -35,13 +36,55 @@ def incident_id_for(flow_run_id: str, started: datetime) -> str:
     return f"inc-{started:%Y%m%d}-{flow_run_id[:8]}"
 
 
+def _context_floor(run: Any) -> tuple[Severity, str] | None:
+    """The floor set in a run's context when it was created (the intake: the alert's severity)."""
+    floor = (getattr(run, "context", None) or {}).get(SEVERITY_FLOOR_KEY)
+    if not isinstance(floor, dict):
+        return None
+    try:
+        return Severity.parse(floor.get("severity", "")), str(floor.get("why") or "an alert's severity")
+    except ValueError:
+        return None
+
+
+def severity_floors(flow_run: Any, service: str, policy: str | None, incident_id: str | None
+                    ) -> list[tuple[Severity, str]]:
+    """Every severity this run may not go below, with why: the service's floor in the policy
+    that judges it, the alert that started it, and the alerts that started its incident's
+    other runs (a follow-up run on an incident cannot lower it)."""
+    from sevflow.blocks import ApprovalPolicy
+
+    floors: list[tuple[Severity, str]] = []
+    if policy:
+        try:
+            minimum = ApprovalPolicy.load(policy).minimum_severity_for(service)
+        except ValueError:
+            minimum = None  # no such policy: the gate says so, in its words, before any change
+        if minimum is not None:
+            floors.append((minimum, f"approval policy {policy!r} sets {minimum.value} as the minimum for {service}"))
+    own = _context_floor(flow_run)
+    if own is not None:
+        floors.append(own)
+    if incident_id:
+        for other in incident_runs(incident_id):
+            if str(other.id) != str(flow_run.id) and (found := _context_floor(other)) is not None:
+                floors.append(found)
+    return floors
+
+
 @step("open the incident", timeline=False)
-def open_incident(procedure: str, service: str, severity: Severity, incident_id: str | None, reason: str) -> IncidentContext:
+def open_incident(procedure: str, service: str, severity: Severity, incident_id: str | None, reason: str,
+                  policy: str | None = None) -> IncidentContext:
     """Name the incident, tag the run `incident:<id>`, `sev:<n>`, `service:<name>`, and
-    write the timeline's first line and the `sevflow.incident.opened` event."""
+    write the timeline's first line and the `sevflow.incident.opened` event.
+
+    The incident's severity is the run's `severity` raised to its floors (`severity_floors`):
+    a requester may raise severity, never lower it below what the alert or the policy says."""
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(get_run_context().task_run.flow_run_id)  # type: ignore[union-attr]
     started = flow_run.start_time or flow_run.expected_start_time or utcnow()
+    requested = severity
+    severity, raised_because = effective_severity(requested, severity_floors(flow_run, service, policy, incident_id))
     incident = IncidentContext(
         incident_id=incident_id or incident_id_for(str(flow_run.id), started),
         procedure=procedure,
@@ -66,6 +109,12 @@ def open_incident(procedure: str, service: str, severity: Severity, incident_id:
             details={"milestone": "Investigation started"},
         ),
     )
+    if raised_because is not None:
+        raised = f"severity raised from {requested.value} to {severity.value}: {raised_because}"
+        record_timeline(incident, "001-severity-raised",
+                        TimelineEntry(at=started, source="sevflow", kind="note", description=raised,
+                                      details={"requested": requested.value, "severity": severity.value}))
+        get_run_logger().warning("%s", raised)
     emit_incident_event(incident, "sevflow.incident.opened", {"procedure": procedure, "reason": reason})
     get_run_logger().info("Incident %s (%s, %s). Run: %s", incident.incident_id, service,
                           severity.value, incident.run_url or incident.flow_run_id)

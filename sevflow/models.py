@@ -35,6 +35,10 @@ def gate_answer_key(gate: str, n: int) -> str:
 
 REQUESTER_KEY = "sevflow-requester"
 """Who asked for the run's changes: written once by `sevflow run --as` (signed with a key)."""
+SEVERITY_FLOOR_KEY = "sevflow-severity-floor"
+"""Key in a flow run's context (set when the run is created; Prefect's API cannot change it
+afterwards) of the severity the run may not go below: {"severity": "SEV-1", "why": "..."}.
+The intake sets it to the severity its rule gave the alert."""
 
 
 def incident_resource(incident_id: str) -> str:

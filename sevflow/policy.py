@@ -253,3 +253,33 @@ def escalation_step(
             return index if now >= due_at else None
         due_at = due_at + timedelta(seconds=tier.wait_seconds)
     return len(tiers) if now >= due_at else None
+
+
+def check_minimum_severity(floors: dict[str, str]) -> dict[str, str]:
+    """Service globs, each with a severity (SEV-1..SEV-4) a run on it never goes below."""
+    out: dict[str, str] = {}
+    for glob, severity in floors.items():
+        if not glob.strip():
+            raise ValueError("minimum_severity: a service glob is empty (use `*` for every service)")
+        try:
+            out[glob.strip()] = Severity.parse(severity).value
+        except ValueError as exc:
+            raise ValueError(f"minimum_severity for {glob!r}: {exc}") from None
+    return out
+
+
+def minimum_severity_for(floors: dict[str, str], service: str) -> Severity | None:
+    """The most severe floor among the globs that match `service`; None when none does."""
+    matching = [Severity.parse(sev) for glob, sev in floors.items() if fnmatchcase(service, glob)]
+    return min(matching, key=lambda s: s.number) if matching else None
+
+
+def effective_severity(requested: Severity, floors: list[tuple[Severity, str]]) -> tuple[Severity, str | None]:
+    """The severity a run works at: the one it was started with, raised to the most severe
+    floor (the service's policy, the alert that opened it). A requester may raise severity,
+    never lower it below a floor. Returns it and why it was raised (None if it was not)."""
+    effective, why = requested, None
+    for floor, reason in floors:
+        if floor.number < effective.number:
+            effective, why = floor, reason
+    return effective, why

@@ -134,3 +134,38 @@ def test_the_incident_commander_is_the_policys_block_or_its_tier_of_that_name() 
     assert policy.incident_commander(Severity.SEV2) is None  # nobody named: the follow-up says so
     assert ApprovalPolicy(escalation=tiers, incident_commander_block="email/ic2").incident_commander(Severity.SEV2) == "email/ic2"
     assert ApprovalPolicy().follow_up_seconds == 24 * 3600  # the runbook's "within 24 hours"
+
+
+# --- severity floors: a requester may raise severity, never lower it below a floor ----------
+
+
+def test_effective_severity_is_raised_to_the_most_severe_floor_and_says_why() -> None:
+    from sevflow.policy import effective_severity
+
+    floors = [(Severity.SEV3, "policy"), (Severity.SEV2, "the alert"), (Severity.SEV4, "other")]
+    assert effective_severity(Severity.SEV4, floors) == (Severity.SEV2, "the alert")
+    assert effective_severity(Severity.SEV2, floors) == (Severity.SEV2, None)  # at the floor: not raised
+    assert effective_severity(Severity.SEV1, floors) == (Severity.SEV1, None)  # a requester may raise it
+    assert effective_severity(Severity.SEV3, []) == (Severity.SEV3, None)
+
+
+def test_minimum_severity_per_service_glob_takes_the_most_severe_match() -> None:
+    from sevflow.policy import check_minimum_severity, minimum_severity_for
+
+    floors = check_minimum_severity({"*": "sev4", "payments-*": "SEV-2", "payments-core": "1"})
+    assert floors == {"*": "SEV-4", "payments-*": "SEV-2", "payments-core": "SEV-1"}
+    assert minimum_severity_for(floors, "payments-core") is Severity.SEV1
+    assert minimum_severity_for(floors, "payments-api") is Severity.SEV2
+    assert minimum_severity_for(floors, "blog") is Severity.SEV4
+    assert minimum_severity_for({"payments-*": "SEV-2"}, "blog") is None
+
+
+@pytest.mark.parametrize("floors, says", [({"shop": "SEV-5"}, "minimum_severity for 'shop': unknown severity"),
+                                          ({" ": "SEV-1"}, "a service glob is empty")])
+def test_a_bad_minimum_severity_is_refused_with_what_to_fix(floors: dict[str, str], says: str) -> None:
+    from pydantic import ValidationError
+
+    from sevflow.blocks import ApprovalPolicy
+
+    with pytest.raises(ValidationError, match=says):
+        ApprovalPolicy(rules=[ApprovalRule(approvers=["alice"])], minimum_severity=floors)

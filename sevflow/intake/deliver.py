@@ -41,7 +41,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPS
 
 from sevflow.deployments import deployment_path
 from sevflow.intake.store import Incident, Pending, Store, _seen_key
-from sevflow.models import RECORD_PREFIX, REQUESTER_KEY, TimelineEntry, incident_resource
+from sevflow.models import RECORD_PREFIX, REQUESTER_KEY, SEVERITY_FLOOR_KEY, TimelineEntry, incident_resource
 
 log = logging.getLogger("sevflow.intake")
 
@@ -227,6 +227,12 @@ class Deliverer:
             try:
                 flow_run = await client.create_flow_run_from_deployment(
                     deployment_id, parameters=parameters, idempotency_key=f"sevflow-intake/{incident.incident_id}",
+                    # The alert's severity, a floor the run cannot go below (set at creation: no
+                    # API call changes a run's context afterwards, and no race with the worker).
+                    context={SEVERITY_FLOOR_KEY: {
+                        "severity": route.severity.value,
+                        "why": f"the {alert.source} alert that opened incident {incident.incident_id} is "
+                               f"{route.severity.value} (rule {route.rule})"}},
                     tags=["sevflow", "sevflow-intake", f"incident:{incident.incident_id}",
                           f"sev:{route.severity.number}", f"service:{route.service}"],
                 )
@@ -255,6 +261,7 @@ class Deliverer:
         it (the gate shows it, and a policy that forbids self-approval compares against it)."""
         record = {"name": f"{alert.source} alert, rule {incident.route.rule}", "how": "intake",
                   "source": alert.source, "rule": incident.route.rule, "alert": alert.identity,
+                  "severity": incident.route.severity.value,
                   "signed_at": datetime.now(timezone.utc).isoformat()}
         try:
             await client.create_flow_run_input(flow_run_id=UUID(flow_run_id), key=REQUESTER_KEY,

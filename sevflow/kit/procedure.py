@@ -208,15 +208,18 @@ def begin(procedure: str, service: str, severity: Severity, incident_id: str | N
     """Open the incident (tags, first timeline line) and return the run's Procedure.
 
     `service_policy` is the policy the service's target names: the rules belong to the
-    service, so it wins over the run's `policy` parameter (which whoever starts the run picks)."""
+    service, so it wins over the run's `policy` parameter (which whoever starts the run picks).
+    The incident's severity is `severity` raised to the floors of that policy and of the alert
+    that started the run (`sevflow.incident.severity_floors`); every gate judges by it."""
     if not policy:
         raise ConfigurationError("Name an approval policy block (policy=...), e.g. `default`.")
-    incident = open_incident(procedure, service, severity, incident_id, reason + (" (dry run)" if dry_run else ""))
     if service_policy and policy != service_policy:
         if policy != "default":
             get_run_logger().warning("The run asked for approval policy %r; service %s is judged by its own "
                                      "policy %r.", policy, service, service_policy)
         policy = service_policy
+    incident = open_incident(procedure, service, severity, incident_id, reason + (" (dry run)" if dry_run else ""),
+                             policy)
     # The post-incident follow-up reads its delay and the incident commander from this policy.
     incident = incident.model_copy(update={"policy": policy})
     return Procedure(incident=incident, policy=policy, dry_run=dry_run)
