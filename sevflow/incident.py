@@ -102,6 +102,7 @@ def publish_records(
     proven: list[str],
     impact: str | None = None,
     root_cause_candidates: list[str] | None = None,
+    health_before: str | None = None,
     health_after: str | None = None,
     first_alert_at: datetime | None = None,
     root_cause: str | None = None,
@@ -142,6 +143,7 @@ def publish_records(
         response_at=next((e.at for e in timeline if e.kind == "approval" and e.source == "approver"
                           and e.details.get("verdict") in ("counted", "rejected")), None),
         root_cause_candidates=root_cause_candidates or [],
+        health_before=health_before,
         health_after=health_after,
         sections=sections or {},
     )
