@@ -185,7 +185,7 @@ def artifacts(run_id: str) -> dict[str, Any]:
 
 
 def postmortem(run_id: str) -> str:
-    return next(a.data for k, a in artifacts(run_id).items() if k.endswith("-postmortem"))
+    return next(a.data for k, a in artifacts(run_id).items() if k.endswith("-postmortem") and not k.endswith("-incident-postmortem"))
 
 
 def make_hotfix(o: Outage) -> str:
