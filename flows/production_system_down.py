@@ -176,7 +176,11 @@ def handle_outage(ctx: Procedure, service: str, profile_name: str) -> OutageRepo
     publish_records(ctx.incident, "resolved", [*remedies, f"Verified from every source and watched for "
                                                f"{profile.watch_seconds:g} s: {service} stayed healthy."],
                     ["Root cause identified", "Immediate fix applied", "System verified working", "Team notified"],
-                    impact=scope.sentence(), first_alert_at=scope.since if scope.since_source == "alert" else None)
+                    impact=scope.sentence(), first_alert_at=scope.since if scope.since_source == "alert" else None,
+                    health_before=verdict.summary,
+                    health_after=f"healthy from every source that answered "
+                    f"({', '.join(sorted({r.vantage for r in probes.results if r.answered}))}), and still healthy "
+                    f"after {watch.rounds} round(s) of watching ({watch.watched_seconds:g} s)")
     return OutageReport(incident_id=ctx.incident.incident_id, service=service, remedies=remedies,
                         plan_digests=digests, cycles=len(remedies), healthy=True)
 

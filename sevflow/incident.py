@@ -8,6 +8,7 @@ how) and its state changes (suspended at a gate, resumed).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -150,6 +151,7 @@ def publish_records(
     proven: list[str],
     impact: str | None = None,
     root_cause_candidates: list[str] | None = None,
+    health_before: str | None = None,
     health_after: str | None = None,
     first_alert_at: datetime | None = None,
     root_cause: str | None = None,
@@ -190,6 +192,7 @@ def publish_records(
         response_at=next((e.at for e in timeline if e.kind == "approval" and e.source == "approver"
                           and e.details.get("verdict") in ("counted", "rejected")), None),
         root_cause_candidates=root_cause_candidates or [],
+        health_before=health_before,
         health_after=health_after,
         sections=sections or {},
     )
@@ -204,6 +207,9 @@ def publish_records(
     create_markdown_artifact(key=f"{key}-checklists",
                              markdown=records.render_checklists(facts, set(proven), artifact=f"{key}-postmortem"),
                              description=f"Post-incident checklists of incident {incident.incident_id}")
+    # The incident's own artifact grows with it: every run of the incident re-publishes it as it
+    # ends (this run still reads as running to the API: its outcome and end are passed along).
+    publish_incident_record(incident.incident_id, ending=Ending(run=incident.flow_run_id, outcome=outcome, at=ended))
     emit_incident_event(incident, "sevflow.incident.documented", {"outcome": outcome})
     return postmortem
 
@@ -249,23 +255,42 @@ def _procedure_runs(runs: list[Any]) -> list[Any]:
     return [r for r in runs if FOLLOW_UP_TAG not in r.tags] or runs
 
 
-def _incident_facts(incident_id: str, runs: list[Any]) -> records.PostmortemFacts:
+@dataclass(frozen=True)
+class Ending:
+    """A run of the incident that is ending now (its final state is not written yet)."""
+    run: str
+    outcome: str
+    at: datetime
+
+
+def _run_outcome(run: Any, ending: Ending | None) -> str:
+    if ending is not None and str(run.id) == ending.run:
+        return ending.outcome
+    return "resolved" if run.state and run.state.is_completed() and run.state.name == "Completed" else (
+        run.state.name if run.state else "unknown")
+
+
+def _resolution_line(run: Any, ending: Ending | None) -> str:
+    if ending is not None and str(run.id) == ending.run:
+        return f"{run.name}: {ending.outcome}"
+    return f"{run.name}: {run.state.name if run.state else '?'}" + (
+        f" — {run.state.message}" if run.state and run.state.message else "")
+
+
+def _incident_facts(incident_id: str, runs: list[Any], ending: Ending | None = None) -> records.PostmortemFacts:
     entries = incident_timeline(incident_id)
     runs = _procedure_runs(runs)
     tags = {k: v for k, _, v in (t.partition(":") for t in runs[0].tags)}
     starts = [r.start_time or r.expected_start_time for r in runs if r.start_time or r.expected_start_time]
-    ends = [r.end_time for r in runs if r.end_time]
-    last = runs[-1]
-    outcome = "resolved" if last.state and last.state.is_completed() and last.state.name == "Completed" else (
-        last.state.name if last.state else "unknown")
+    ends = [r.end_time for r in runs if r.end_time] + ([ending.at] if ending else [])
+    outcome = _run_outcome(runs[-1], ending)
     facts = records.PostmortemFacts(
         incident_id=incident_id, procedure=", ".join(dict.fromkeys(r.name for r in runs)),
         service=tags.get("service", "?"), severity=Severity.parse(tags.get("sev", "4")),
         started_at=min(starts) if starts else utcnow(), ended_at=max(ends) if ends else utcnow(), outcome=outcome,
         first_alert_at=next((e.at for e in entries if e.kind == "alert"), None),
         timeline=entries,
-        resolution=[f"{r.name}: {r.state.name if r.state else '?'}" + (f" — {r.state.message}" if r.state and
-                    r.state.message else "") for r in runs],
+        resolution=[_resolution_line(r, ending) for r in runs],
         response_at=next((e.at for e in entries if e.kind == "approval" and e.source == "approver"
                           and e.details.get("verdict") in ("counted", "rejected")), None),
     )
@@ -279,11 +304,12 @@ def _runs_of(incident_id: str) -> list[Any]:
     return runs
 
 
-def incident_postmortem(incident_id: str) -> str:
+def incident_postmortem(incident_id: str, ending: Ending | None = None) -> str:
     """The post-mortem of the whole incident, rendered from every run's durable records and the
-    incident commander's parts, followed by the checklists with their evidence."""
+    incident commander's parts, followed by the checklists with their evidence. `ending`: a run
+    of the incident ending now, whose final state the API does not show yet."""
     runs = _runs_of(incident_id)
-    facts = _incident_facts(incident_id, runs)
+    facts = _incident_facts(incident_id, runs, ending)
     return (records.render_postmortem(facts) + "\n"
             + records.render_checklists(facts, now=utcnow(), artifact=incident_artifact_key(incident_id)))
 
@@ -333,10 +359,11 @@ def incident_artifact_key(incident_id: str) -> str:
     return f"{artifact_key(incident_id)}-incident-postmortem"
 
 
-def publish_incident_record(incident_id: str) -> str:
+def publish_incident_record(incident_id: str, ending: Ending | None = None) -> str:
     """(Re-)publish the incident's post-mortem (with its checklists) as the markdown artifact
-    keyed by incident. Returns the markdown."""
-    text = incident_postmortem(incident_id)
+    keyed by incident: each run of the incident as it ends, the follow-up, an edit. Returns the
+    markdown."""
+    text = incident_postmortem(incident_id, ending)
     # Not `<incident>-postmortem`: each run's own post-mortem has that key, and the latest run's
     # would hide the incident's.
     create_markdown_artifact(key=incident_artifact_key(incident_id), markdown=text,

@@ -373,9 +373,6 @@ def _summary(facts: PostmortemFacts) -> list[str]:
     ]
     if facts.run_url:
         lines.append(f"**Run:** {facts.run_url}")
-    if facts.health_before or facts.health_after:
-        lines.append(f"**Health:** before: {md.escape(facts.health_before or 'not checked')}; "
-                     f"after: {md.escape(facts.health_after or 'not checked')}")
     # Two trailing spaces are a markdown line break: the summary renders one field per line,
     # as the template shows it, instead of one run-on paragraph.
     return [lines[0]] + [f"{line}  " for line in lines[1:-1]] + [lines[-1]]
@@ -452,7 +449,12 @@ def _resolution(facts: PostmortemFacts) -> list[str]:
             f"_This run made no change to fix it (outcome: {facts.outcome}). "
             "Fill in anything done outside it._"
         ]
-    return [*(f"- {md.escape(step)}" for step in facts.resolution), "", f"Outcome: **{md.escape(facts.outcome)}**."]
+    health = []
+    if facts.health_before or facts.health_after:  # what the run's own probes saw, before and after acting
+        health = ["", f"- **Health before:** {md.escape(facts.health_before or 'not checked by this run')}",
+                  f"- **Health after:** {md.escape(facts.health_after or 'not checked by this run')}"]
+    return [*(f"- {md.escape(step)}" for step in facts.resolution), *health, "",
+            f"Outcome: **{md.escape(facts.outcome)}**."]
 
 
 def _action_items(items: list[str]) -> list[str]:

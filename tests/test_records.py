@@ -516,3 +516,13 @@ def test_records_imports_no_io_library() -> None:
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_health_before_and_after_are_in_resolution_escaped_and_say_when_not_checked() -> None:
+    both = section(render_postmortem(facts(health_before="Outage confirmed: /api/<health> 503",
+                                           health_after="healthy from every source")), "Resolution")
+    assert "- **Health before:** Outage confirmed: /api/&lt;health&gt; 503" in both
+    assert "- **Health after:** healthy from every source" in both
+    after_only = section(render_postmortem(facts(health_after="http://x/health → 200")), "Resolution")
+    assert "- **Health before:** not checked by this run" in after_only
+    assert "**Health" not in section(render_postmortem(facts()), "Resolution")

@@ -60,7 +60,7 @@ def test_approved_rollback_puts_last_good_version_in_place(service: Service, wor
     # Records: a timeline table and a post-mortem in the runbook's template.
     arts = {a.key: a for a in _artifacts(run_id) if a.key}
     timeline = next(a for k, a in arts.items() if k.endswith("-timeline"))
-    postmortem = next(a for k, a in arts.items() if k.endswith("-postmortem"))
+    postmortem = next(a for k, a in arts.items() if k.endswith("-postmortem") and not k.endswith("-incident-postmortem"))
     assert "Approved by alice" in str(timeline.data) and "git checkout" in str(timeline.data)
     for heading in ("## Incident Summary", "## Timeline", "## Root Cause", "## Resolution", "## Prevention",
                     "## Action Items", "**Severity:** SEV-1"):

@@ -195,7 +195,7 @@ def postmortem(run_id: str) -> str:
 
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(run_id)])))
-    return next(a.data for a in arts if a.key and a.key.endswith("-postmortem"))
+    return next(a.data for a in arts if a.key and a.key.endswith("-postmortem") and not a.key.endswith("-incident-postmortem"))
 
 
 def app_can_write(db: Db) -> bool:

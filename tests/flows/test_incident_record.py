@@ -8,9 +8,10 @@ import re
 import subprocess
 import sys
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import boto3
+import httpx
 import psycopg
 import pytest
 from prefect.client.orchestration import get_client
@@ -19,9 +20,10 @@ from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
 
 from sevflow.blocks import ApprovalPolicy
 from sevflow.gate import AnswerRefused, answer_gate
-from sevflow.incident import incident_runs
+from sevflow.incident import incident_artifact_key, incident_runs, incident_timeline
 from tests.conftest import Service, start, wait_final, wait_paused
-from tests.support.stack import PG_DSN
+from tests.intake.conftest import TOKENS, save_sources
+from tests.support.stack import PG_DSN, Intake
 from tests.support.wait import until
 
 
@@ -38,30 +40,99 @@ def sevflow(stack, *args: str) -> subprocess.CompletedProcess[str]:
                           env=dict(os.environ) | stack.env() | {"COLUMNS": "250"}, stdin=subprocess.DEVNULL)
 
 
+def first_run_parameters(run_id: str) -> dict:
+    with get_client(sync_client=True) as client:
+        parameters = dict(client.read_flow_run(uuid.UUID(run_id)).parameters)
+    parameters.pop("reason", None)
+    return parameters
+
+
+def incident_artifacts(incident: str) -> list[str]:
+    """Every version of the incident's own post-mortem artifact, oldest first."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+            any_=[incident_artifact_key(incident)])), sort=ArtifactSort.CREATED_DESC, limit=50)
+    return [str(a.data) for a in reversed(found)]
+
+
 def test_one_timeline_and_post_mortem_across_runs_that_outlive_the_events(service: Service, worker, stack,
-                                                                          tmp_path, moto_s3) -> None:
-    incident = f"inc-test-{uuid.uuid4().hex[:8]}"
+                                                                          tmp_path, moto_s3, request) -> None:
+    # The incident starts from an alert delivered to a real `sevflow intake`.
+    save_sources("http://127.0.0.1:9")
+    rules = f"""\
+rules:
+  - name: checkout
+    match:
+      labels: {{service: "{service.name}"}}
+    procedure: application-rollback
+    service_label: service
+    severity: SEV-2
+    parameters: {{policy: {service.policy}}}
+"""
+    intake = Intake(stack.env(), tmp_path / "intake", rules, answer_wait=5.0)
+    intake.start()
+    request.addfinalizer(intake.stop)
     # The follow-up comes a second after resolution here (24 h by default), and tells the
     # incident commander through the test's webhook receiver.
     policy = ApprovalPolicy.load(service.policy)
     policy.follow_up_seconds = 1.0
     policy.incident_commander_block = service._webhook_block()
     policy.save(service.policy, overwrite=True)
-    # First run: an ignored answer, then a rejection with a reason.
-    first = start("application-rollback", service=service.name, policy=service.policy, incident_id=incident,
-                  severity="SEV-2")
+
+    since = (datetime.now(timezone.utc) - timedelta(minutes=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    errors = {"id": f"errors-{service.name}", "group": "checkout", "summary": "checkout 5xx above 5%",
+              "labels": {"service": service.name}, "starts_at": since}
+    latency = {"id": f"latency-{service.name}", "group": "checkout", "summary": "checkout p99 above 2 s",
+               "labels": {"service": service.name}, "starts_at": since}
+
+    def send(alert: dict) -> dict:
+        answer = httpx.post(f"{intake.url}/alerts/generic", json=alert, timeout=15,
+                            headers={"Authorization": f"Bearer {TOKENS['generic']}"})
+        assert answer.status_code < 300, answer.text
+        return answer.json()["alerts"][0]
+
+    def recorded(phrase: str) -> None:
+        until(lambda: any(phrase in e.description for e in incident_timeline(incident)), 60, 0.3,
+              what=f"the timeline entry {phrase!r}")
+
+    fired = until(lambda: (a := send(errors))["flow_run_id"] and a, 60, what="the alert's run")
+    incident, first = fired["incident_id"], fired["flow_run_id"]
+    # First run (started by the alert): a second alert of the group joins, an ignored answer,
+    # then a rejection with a reason.
     wait_paused(first)
+    assert first_run_parameters(first) == {"service": service.name, "severity": "SEV-2", "incident_id": incident,
+                                           "policy": service.policy}
+    joined = send(latency)
+    assert (joined["outcome"], joined["incident_id"]) == ("attached", incident)
+    recorded("Alert firing (joined the incident)")
     with pytest.raises(AnswerRefused):
         answer_gate(first, "approve", "mallory", "let me <b>in</b>")
     wait_paused(first, gate_answer=2)
     answer_gate(first, "reject", "bob", "wait for the `db` team")
     assert wait_final(first).state.name == "Rejected"
-    # A retry on the same incident, approved.
+    # The incident's artifact as the first run ended: its entries, nothing of a second run.
+    versions = until(lambda: incident_artifacts(incident) or None, 30, what="the incident's artifact")
+    assert "Rejected by bob" in versions[-1] and "Approved by alice" not in versions[-1]
+    # A retry on the same incident; the second alert resolves while it waits; approved.
     second = start("application-rollback", service=service.name, policy=service.policy, incident_id=incident,
                    severity="SEV-2")
     wait_paused(second)
+    settled = send(dict(latency, status="resolved"))
+    assert (settled["outcome"], settled["incident_id"]) == ("resolved", incident)
+    recorded("Alert resolved (resolved): checkout p99")
     answer_gate(second, "approve", "alice", "v2 was healthy")
     assert wait_final(second).state.type.value == "COMPLETED"
+    # As the second run ended it re-published the incident's artifact: both runs' entries (the
+    # version before the follow-up's, which adds its own line).
+    versions = incident_artifacts(incident)
+    at_end = [v for v in versions if "Approved by alice" in v and "Post-incident follow-up: post-mortem" not in v]
+    assert at_end, versions
+    assert all(p in at_end[-1] for p in ("Alert firing (opened the incident)", "Rejected by bob",
+                                         "Procedure ended: rejected", "Approved by alice", "Procedure ended: resolved",
+                                         "Alert resolved (resolved)")), at_end[-1]
 
     # The Post-Incident Follow-up, scheduled at resolution, finds the post-mortem incomplete
     # and tells the incident commander.
@@ -78,6 +149,10 @@ def test_one_timeline_and_post_mortem_across_runs_that_outlive_the_events(servic
         (published,) = client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
             key=ArtifactCollectionFilterKey(any_=[f"{incident}-incident-postmortem"])))
     assert "Missing from the incident commander: root cause, impact, prevention, action items" in published.data
+    # A late alert: the first alert's resolution, after every run ended, joins the same incident.
+    late = send(dict(errors, status="resolved"))
+    assert (late["outcome"], late["incident_id"]) == ("resolved", incident)
+    recorded("Alert resolved (resolved): checkout 5xx")
 
     listed = sevflow(stack, "incidents")
     assert listed.returncode == 0 and incident in listed.stdout
@@ -88,10 +163,14 @@ def test_one_timeline_and_post_mortem_across_runs_that_outlive_the_events(servic
     stamps = [line[:19] for line in lines]
     assert stamps == sorted(stamps) and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", s) for s in stamps)
     text = timeline.stdout
-    phrases = ["may not approve", "Rejected by bob", "Procedure ended: rejected", "Approved by alice",
-               "Step 'deploy' completed", "Procedure ended: resolved", "Post-incident follow-up scheduled for",
+    phrases = ["[alert] Alert firing (opened the incident): checkout 5xx above 5%", "application-rollback started for",
+               "[alert] Alert firing (joined the incident): checkout p99 above 2 s", "may not approve",
+               "Rejected by bob", "Procedure ended: rejected", "[alert] Alert resolved (resolved): checkout p99",
+               "Approved by alice", "Step 'deploy' completed", "Procedure ended: resolved",
+               "Post-incident follow-up scheduled for",
                "Post-incident follow-up: post-mortem incomplete (root cause; impact; prevention; action items); "
-               "told the incident commander via custom-webhook/hook-"]
+               "told the incident commander via custom-webhook/hook-",
+               "[alert] Alert resolved (resolved): checkout 5xx above 5%"]
     assert all(p in text for p in phrases), text
     order = [text.index(p) for p in phrases]
     assert order == sorted(order)
@@ -114,9 +193,10 @@ def test_one_timeline_and_post_mortem_across_runs_that_outlive_the_events(servic
         # The timeline shows whole seconds: the exact span is the shown one or one second less.
         return [duration(int((b - a).total_seconds()) - d) for d in (0, 1)]
 
-    assert lines[0].split("] ", 1)[1].startswith("application-rollback started for"), lines[0]
-    detected = when("started for")
-    assert f"- **Detected:** {detected:%Y-%m-%d %H:%M:%S} — start of run (no alert recorded)" in md
+    assert lines[0].split("] ", 1)[1].startswith("Alert firing (opened the incident)"), lines[0]
+    assert lines[-1].split("] ", 1)[1].startswith("Alert resolved (resolved): checkout 5xx"), lines[-1]
+    detected = when("Alert firing (opened the incident)")
+    assert f"- **Detected:** {detected:%Y-%m-%d %H:%M:%S} — Alert firing (opened the incident): checkout 5xx" in md
     acknowledged = next(line for line in md.splitlines() if line.startswith("- **Time to acknowledge:**"))
     assert any(f"{span} ({rejected_at} UTC, “Rejected by bob" in acknowledged
                for span in spans(detected, when("Rejected by bob"))), acknowledged

@@ -299,7 +299,7 @@ def _postmortem(run_id: str) -> str:
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
             any_=[UUID(run_id)])))
-    texts = [a.data for a in artifacts if a.key and a.key.endswith("-postmortem")]
+    texts = [a.data for a in artifacts if a.key and a.key.endswith("-postmortem") and not a.key.endswith("-incident-postmortem")]
     assert texts, [a.key for a in artifacts]
     return str(texts[-1])
 

@@ -185,7 +185,7 @@ def artifacts(run_id: str) -> dict[str, Any]:
 
 
 def postmortem(run_id: str) -> str:
-    return next(a.data for k, a in artifacts(run_id).items() if k.endswith("-postmortem"))
+    return next(a.data for k, a in artifacts(run_id).items() if k.endswith("-postmortem") and not k.endswith("-incident-postmortem"))
 
 
 def make_hotfix(o: Outage) -> str:
@@ -235,6 +235,11 @@ def test_a_recent_deploy_is_rolled_back_after_approval(outage: Outage, worker: A
     assert "**Severity:** SEV-1" in pm and "target Immediate, all hands; actual" in pm
     assert "Rolled" in pm and "Root cause identified" in pm and "Outcome: **resolved**" in pm
     assert "users affected: 1234" in pm
+    # Health as the run's own probes saw it, before acting and after the fix was watched.
+    resolution = pm.split("## Resolution", 1)[1].split("## Prevention", 1)[0]
+    assert "- **Health before:** Outage confirmed from" in resolution and "failing; the control URL answers" in resolution
+    assert "- **Health after:** healthy from every source that answered" in resolution
+    assert "and still healthy after" in resolution
     # The runbook's steps are the run's task names.
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId

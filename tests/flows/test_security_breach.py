@@ -225,7 +225,8 @@ def artifact(key_suffix: str, run_id: str) -> str:
 
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(run_id)])))
-    [hit] = [a for a in found if (a.key or "").endswith(key_suffix)]
+    # the run's own, not the incident's (`<incident>-incident-postmortem`, which the run publishes too)
+    [hit] = [a for a in found if (a.key or "").endswith(key_suffix) and not (a.key or "").endswith(f"-incident{key_suffix}")]
     return str(hit.data)
 
 
