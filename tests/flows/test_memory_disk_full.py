@@ -23,8 +23,8 @@ from sevflow.gate import answer_gate
 from sevflow.models import Plan
 from tests.conftest import start, wait_final, wait_for
 from tests.support.wait import until
-from tests.support.hosts import (
 from sevflow.deployments import deployment_path
+from tests.support.hosts import (
     DiskWorld,
     Processes,
     host_fixture,
