@@ -159,7 +159,14 @@ def _run_approved(op: ShellCommand, kind: CommandKind) -> CommandResult:
             "again to review and approve the new plan."
         )
     env, secrets = load_secrets(op.secrets_block, op.secret_env)
-    return run_command(kind, op.command, Path(op.cwd), env, secrets, op.timeout_seconds, op.service)
+    cwd = Path(op.cwd)
+    if op.repository:
+        # A remote repository: this worker's own checkout of it, at the remote's branch now
+        # (the plan may have been made, and the rollback pushed, by another worker).
+        from sevflow.tasks.git import local_checkout
+
+        cwd = local_checkout(op.repository, op.branch or "main", op.service, op.credentials_block)
+    return run_command(kind, op.command, cwd, env, secrets, op.timeout_seconds, op.service)
 
 
 def target_changes_of(op: ShellCommand) -> list[str]:
