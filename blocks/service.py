@@ -73,6 +73,10 @@ class ServiceTarget(Block):
         description="A commit trailer with this key (value yes/true) also marks a known-good version.",
     )
     command_timeout_seconds: float = Field(default=900.0, description="Longest a build, deploy or reload may run.")
+    build_disk_space_mb: int = Field(
+        default=256, ge=0, description="Free space (MB) a build needs on the checkout's filesystem; checked "
+        "before approval is asked."
+    )
     approval_policy: str | None = Field(
         default=None,
         description="The sevflow Approval Policy block that judges this service's changes. Set, a run "

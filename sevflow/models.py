@@ -152,6 +152,7 @@ class ServiceSpec(BlockReading):
     good_tag_pattern: str = "good-*"
     good_trailer: str = "Known-Good"
     command_timeout_seconds: float = 900.0
+    build_disk_space_mb: int = 256
     approval_policy: str | None = None
     secret_env: list[str] = Field(default_factory=list, description="names of the command secrets")
     health_check_token: bool = Field(default=False, description="whether a health-check token is set")

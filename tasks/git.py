@@ -706,6 +706,44 @@ def restore_config_file(op: GitRestore) -> RestoredVersion:
     return _commit_restored(op, wanted_tree=wanted_tree, subject=lambda commit: op.subject)
 
 
+def commit_problems(target: Checkout) -> list[str]:
+    """What would stop the rollback commit (and, for a remote repository, its push) that can
+    be seen without changing anything: git's identity for the commit, write access to the
+    checkout, the remote reachable and accepting a push from this worker (`push --dry-run`).
+    A sentence each saying what to fix; empty when all is well. Changes nothing."""
+    problems: list[str] = []
+    try:
+        with _open(target) as repo:
+            path = Path(str(repo.working_tree_dir))
+            try:
+                _run(repo, "var", "GIT_COMMITTER_IDENT")
+                _run(repo, "var", "GIT_AUTHOR_IDENT")
+            except GitCommandError as exc:
+                reason = _stderr(exc).splitlines()[-1] if _stderr(exc) else "no identity"
+                problems.append(
+                    f"git has no usable identity for the rollback commit in {path} ({reason}): set one for the "
+                    "user this worker runs as, e.g. `git config --global user.name \"sevflow on $(hostname)\"` and "
+                    "`git config --global user.email sevflow@your.domain`")
+            git_dir = Path(repo.git_dir)
+            for where in (path, git_dir, git_dir / "objects", git_dir / "refs" / "heads"):
+                if not os.access(where, os.W_OK):
+                    problems.append(f"this worker's user may not write to {where}: the rollback commit needs it "
+                                    f"(`chown -R` the checkout to that user, or run the worker as its owner)")
+                    break
+            if is_remote_repository(target.repository):
+                env: dict[str, str] = getattr(repo, "sevflow_remote_env", {})
+                try:
+                    _remote_git(path, env, "push", "--dry-run", "--porcelain", "origin",
+                                f"refs/heads/{target.branch}:refs/heads/{target.branch}")
+                except GitCommandError as exc:
+                    problems.append(f"{target.repository} does not accept a push from this worker ({_stderr(exc)}): "
+                                    f"check `repository_credential` in the {target.service!r} service target "
+                                    "block (it must allow writing to the branch)")
+    except PreflightError as exc:
+        problems.append(str(exc))
+    return problems
+
+
 def head_drift(pre: Precondition) -> str | None:
     """None if the branch is still at the planned head with a clean checkout; else what moved.
     Read-only; used just before an approved plan is carried out."""
