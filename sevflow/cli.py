@@ -31,6 +31,9 @@ def up(
     intake_port: int = typer.Option(8787, help="Port of the alert intake (127.0.0.1); 0 starts no intake."),
     database: str = typer.Option("", help="Run the server on PostgreSQL: postgresql://user[:pw]@host[:port]/db "
                                           "(default: SQLite in the state folder)."),
+    demo: bool = typer.Option(False, "--demo", help="Also create a demo service (a git repository with a good and a "
+                              "broken release, a tiny app serving the broken one) in the state folder, and print "
+                              "the command that rolls it back."),
 ) -> None:
     """Start the embedded stack: a Prefect server (SQLite, loopback), a worker serving every procedure
     and the alert intake."""
@@ -39,7 +42,8 @@ def up(
 
     try:
         raise typer.Exit(run_up(port=port, limit=limit, escalation_interval=escalation_interval,
-                                intake_port=intake_port, echo=out.print, database=database or None))
+                                intake_port=intake_port, echo=out.print, database=database or None,
+                                demo=demo))
     except SevflowError as exc:
         _fail(str(exc))
 
