@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from sevflow.blocks.common import block_names, load_named
 from sevflow.errors import UnknownServiceError
 from sevflow.models import ServiceSpec
+from sevflow.versions import check_repository_address, is_remote_repository, remote_cache_path
 
 
 class ServiceTarget(Block):
@@ -28,8 +29,19 @@ class ServiceTarget(Block):
 
     service: str = Field(description="The service's name, as alerts and people call it.")
     repository: str = Field(
-        description="Path of the service's git checkout on the machine that runs sevflow "
-        "(the tree the build and deploy commands work in)."
+        description="Path of the service's git checkout on the machine that runs sevflow (the tree the "
+        "build and deploy commands work in), or the address of its repository (https://, ssh://, "
+        "git@host:path, file://): each worker then fetches it into its own cache under sevflow's state "
+        "folder, and pushes the rollback commit back (fast-forward only). No credential in the address: "
+        "put it in `repository_credential`."
+    )
+    repository_username: str | None = Field(
+        default=None, description="https repositories: the user name sent with `repository_credential` "
+        "(for a token, whatever the host expects, e.g. `x-access-token` or `oauth2`)."
+    )
+    repository_credential: SecretStr | None = Field(
+        default=None, description="Reaching a remote repository: for https, the password or access token; "
+        "for ssh, the private key (OpenSSH format)."
     )
     branch: str = Field(default="main", description="The branch production runs from.")
     build_command: str | None = Field(
@@ -61,6 +73,10 @@ class ServiceTarget(Block):
         description="A commit trailer with this key (value yes/true) also marks a known-good version.",
     )
     command_timeout_seconds: float = Field(default=900.0, description="Longest a build, deploy or reload may run.")
+    build_disk_space_mb: int = Field(
+        default=256, ge=0, description="Free space (MB) a build needs on the checkout's filesystem; checked "
+        "before approval is asked."
+    )
     approval_policy: str | None = Field(
         default=None,
         description="The sevflow Approval Policy block that judges this service's changes. Set, a run "
@@ -74,9 +90,21 @@ class ServiceTarget(Block):
         default=None, description="Bearer token sent to the health checks, if they need one."
     )
 
+    @field_validator("repository")
+    @classmethod
+    def _address_without_secret(cls, value: str) -> str:
+        return check_repository_address(value)
+
     @property
     def repository_path(self) -> Path:
+        if is_remote_repository(self.repository):
+            return remote_cache_path(self.repository)
         return Path(os.path.expanduser(self.repository))
+
+    def repository_secret(self) -> tuple[str | None, str | None]:
+        """(user name, credential): the only place the repository credential is unwrapped."""
+        secret = self.repository_credential.get_secret_value() if self.repository_credential else None
+        return self.repository_username, secret or None
 
     def command_environment(self) -> dict[str, str]:
         """The only place command secrets are unwrapped."""
@@ -87,6 +115,8 @@ class ServiceTarget(Block):
         values = [v.get_secret_value() for v in self.command_secrets.values()]
         if self.health_check_token is not None:
             values.append(self.health_check_token.get_secret_value())
+        if self.repository_credential is not None:
+            values.append(self.repository_credential.get_secret_value())
         return [v for v in values if v]
 
     def health_check_headers(self) -> dict[str, str]:
@@ -97,13 +127,15 @@ class ServiceTarget(Block):
 
     def spec(self, block_name: str | None = None) -> ServiceSpec:
         """Every field but the secret values (their names only): what a plan is made from."""
-        fields = self.model_dump(mode="json", exclude={"command_secrets", "health_check_token"})
+        fields = self.model_dump(mode="json", exclude={"command_secrets", "health_check_token",
+                                                        "repository_credential"})
         fields = {k: v for k, v in fields.items() if k in ServiceSpec.model_fields}
         return ServiceSpec(
             **fields,
             block=block_name or getattr(self, "_block_document_name", None) or self.service,
             secret_env=sorted(self.command_secrets),
             health_check_token=self.health_check_token is not None,
+            repository_credential=self.repository_credential is not None,
         )
 
     @classmethod

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from sevflow import plans
 from sevflow.errors import ConfigurationError, PreflightError
-from sevflow.kit import NothingToDo, procedure_parameters, Plan, Procedure, ProcedureEnd, Severity, begin, publish_records, read_service_target, run
+from sevflow.kit import NothingToDo, preflight, procedure_parameters, Plan, Procedure, ProcedureEnd, Severity, begin, publish_records, read_service_target, run
 from sevflow.models import ServiceSpec
 from sevflow.tasks.git import inspect_repository, recent_history, resolve_version, restore_version, rollback_preview
 from sevflow.tasks.host import build, deploy, missing_commands
@@ -107,6 +107,7 @@ def plan_rollback(ctx: Procedure, service: str, version: str | None, reading: st
     preview = rollback_preview(spec, good.sha)
     if preview.files_changed == 0 and not preview.commits:
         raise NothingToDo(f"{service} already runs the content of {good.short}.")
+    preflight(spec, ["build", "deploy"])  # what the change needs, before anyone is asked
     return plans.application_rollback_plan(spec, good, preview, ctx.run_key)
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from sevflow import plans
 from sevflow.errors import ConfigurationError, PreflightError
-from sevflow.kit import NothingToDo, procedure_parameters, Plan, Procedure, ProcedureEnd, Severity, begin, publish_records, read_service_target, run
+from sevflow.kit import NothingToDo, preflight, procedure_parameters, Plan, Procedure, ProcedureEnd, Severity, begin, publish_records, read_service_target, run
 from sevflow.models import ServiceSpec
 from sevflow.tasks.git import config_diff, config_history, resolve_version, restore_config_file
 from sevflow.tasks.host import missing_commands, reload_configuration
@@ -105,6 +105,7 @@ def plan_restore(service: str, config_file: str | None, commit: str | None, read
     diff = config_diff(spec, path, source.sha)
     if diff.identical:
         raise NothingToDo(f"{path} already equals its content at {source.short}.")
+    preflight(spec, ["reload"])  # what the change needs, before anyone is asked
     return plans.configuration_rollback_plan(spec, diff, source, run_key)
 
 

@@ -33,6 +33,9 @@ def up(
                                           "(default: SQLite in the state folder)."),
     auth: bool = typer.Option(False, "--auth", help="Lock the API with a basic-auth password kept in "
                               "$SEVFLOW_HOME/api-auth (0600): server, worker, intake and `sevflow` commands use it."),
+    demo: bool = typer.Option(False, "--demo", help="Also create a demo service (a git repository with a good and a "
+                              "broken release, a tiny app serving the broken one) in the state folder, and print "
+                              "the command that rolls it back."),
 ) -> None:
     """Start the embedded stack: a Prefect server (SQLite, loopback), a worker serving every procedure
     and the alert intake."""
@@ -41,7 +44,8 @@ def up(
 
     try:
         raise typer.Exit(run_up(port=port, limit=limit, escalation_interval=escalation_interval,
-                                intake_port=intake_port, echo=out.print, database=database or None, auth=auth))
+                                intake_port=intake_port, echo=out.print, database=database or None, auth=auth,
+                                demo=demo))
     except SevflowError as exc:
         _fail(str(exc))
 

@@ -288,8 +288,69 @@ def _now() -> str:
     return time.strftime("%H:%M:%S")
 
 
+def _start_demo(home: Path, api_url: str, env: dict[str, str], children: list[_Child], watchdog: _Watchdog) -> Any:
+    """Make the demo service (files, blocks) and start its app as one more supervised child."""
+    if "PREFECT_HOME" in env:
+        # Prefect makes its home folder when first imported: the state folder's, not ~/.prefect.
+        os.environ["PREFECT_HOME"] = env["PREFECT_HOME"]
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    from sevflow.demo import prepare_demo, save_demo_blocks
+
+    demo = prepare_demo(home)
+    updates: dict[Any, Any] = {PREFECT_API_URL: api_url}
+    if env.get("PREFECT_API_AUTH_STRING"):  # --auth: this process's client needs the password too
+        updates[PREFECT_API_AUTH_STRING] = env["PREFECT_API_AUTH_STRING"]
+    with temporary_settings(updates=updates):
+        save_demo_blocks(demo)
+    children.append(_Child("the demo app", lambda: subprocess.Popen(
+        demo.app_command(), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        start_new_session=True, preexec_fn=_die_with_parent), "this output"))
+    children[-1].start(watchdog)
+    return demo
+
+
+def _print_demo(demo: Any, api_url: str, ui: str, echo: Callable[..., Any], timeout: float = 180.0,
+                auth: str | None = None) -> None:
+    """Once the worker has registered the application rollback: the one command and the one
+    link that start the demo's rollback."""
+    from sevflow.demo import DEMO_SERVICE
+    from sevflow.deployments import deployment_path
+
+    def say(text: str) -> None:
+        try:
+            echo(text, soft_wrap=True)  # rich: one line each, never broken, so they can be copied
+        except TypeError:
+            echo(text)
+
+    path = deployment_path("application-rollback")
+    deadline = time.monotonic() + timeout
+    deployment_id = None
+    while deployment_id is None and time.monotonic() < deadline:
+        try:
+            found = httpx.get(f"{api_url}/deployments/name/{path}", timeout=5,
+                              auth=tuple(auth.split(":", 1)) if auth else None)  # type: ignore[arg-type]
+            if found.status_code == 200:
+                deployment_id = found.json()["id"]
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    say("")
+    say(f"Demo: the service {DEMO_SERVICE} runs its broken release 2; its health check {demo.health_url} "
+         "answers 500.")
+    say("  Roll it back (you may approve it):")
+    say(f"    PREFECT_API_URL={api_url} sevflow run application-rollback --param service={DEMO_SERVICE}")
+    if deployment_id:
+        say(f"    or in the UI: {ui}/deployments/deployment/{deployment_id}/run  (service: {DEMO_SERVICE})")
+    else:
+        say(f"    or in the UI: {ui}/deployments → {path} → Run  (service: {DEMO_SERVICE})")
+    say(f"  Its files: {demo.folder} (made afresh by each `sevflow up --demo`).")
+
+
 def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, intake_port: int = 8787,
-       echo: Callable[..., Any] = print, database: str | None = None, auth: bool = False) -> int:
+       echo: Callable[..., Any] = print, database: str | None = None, auth: bool = False,
+       demo: bool = False) -> int:
     home = state_home()
     home.mkdir(parents=True, exist_ok=True)
     # `kill`, a service manager or a closed terminal (SIGHUP) stops it like Ctrl-C does: children
@@ -344,6 +405,7 @@ def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, int
         children.append(_Child("the worker (sevflow serve)", lambda: spawn(
             "serve", "--limit", str(limit), "--escalation-interval", str(escalation_interval)), "this output"))
         children[-1].start(watchdog)
+        demo_service = _start_demo(home, api_url, worker_env, children, watchdog) if demo else None
         if intake_port:
             _check_port_free(intake_port, "the alert intake (--intake-port)")
             intake_env = worker_env | {"SEVFLOW_HOME": str(home)}
@@ -365,6 +427,8 @@ def up(port: int = 4200, limit: int = 20, escalation_interval: float = 30.0, int
         for child in children:
             if child.process is not None:
                 echo(f"  {child.name}: pid {child.process.pid}")
+        if demo_service is not None:
+            _print_demo(demo_service, api_url, ui, echo, auth=worker_env.get("PREFECT_API_AUTH_STRING"))
         echo("Ctrl-C stops everything.")
 
         def after_start(child: _Child) -> None:

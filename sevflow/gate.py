@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
@@ -201,12 +201,55 @@ def open_gate(incident: IncidentContext, gate: str, plan: Plan, policy_name: str
     )
     if requirement.tiers:
         _notify_tier(request, 0, escalated=False)
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(
+        key=_artifact_key(f"waiting-{gate}"), markdown=waiting_markdown(request),
+        description=f"Gate {gate} waits for approval of plan {plan.digest[:12]} (since "
+        f"{request.opened_at:%Y-%m-%d %H:%M:%S} UTC)",
+    )
     get_run_logger().info(
         "Waiting for approval of %r (plan %s) from %s. Answer in the UI (Resume) or: "
         "sevflow approve %s --as NAME --reason TEXT",
         plan.title, plan.digest[:12], ", ".join(requirement.approvers), incident.flow_run_id,
     )
     return request
+
+
+def _artifact_key(text: str) -> str:
+    # Artifact keys: lowercase letters, digits and dashes only.
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+def waiting_markdown(request: GateRequest) -> str:
+    """What a waiting gate asks, for the run's Artifacts tab: the whole plan (its full diff
+    included), who may answer, since when, and when each escalation tier is due. Pure."""
+    def at(when: datetime) -> str:
+        return f"{when:%Y-%m-%d %H:%M:%S} UTC"
+
+    tiers = [EscalationTier.model_validate(t) for t in request.tiers]
+    lines = [
+        f"## Waiting for approval: gate `{request.gate}`",
+        "",
+        f"**Waiting since:** {at(request.opened_at)}  ",
+        f"**Who may answer:** {md.escape(', '.join(request.approvers))} "
+        f"({request.required_approvals} distinct approval{'s' if request.required_approvals != 1 else ''} needed)  ",
+        f"**Answer:** the run's Resume button, or `sevflow approve {request.incident.flow_run_id} --as NAME "
+        "--reason TEXT` (or `sevflow reject ...`)",
+        "",
+    ]
+    if tiers:
+        lines += ["**Escalation** (if nobody answers):", ""]
+        due = request.opened_at
+        for index, tier in enumerate(tiers):
+            who = f" ({md.escape(', '.join(tier.notify))})" if tier.notify else ""
+            lines.append(f"- {at(due)}: {'notified' if index == 0 else 'escalates to'} {md.escape(tier.name)}{who}")
+            due = due + timedelta(seconds=tier.wait_seconds)
+        lines += [f"- {at(due)}: expires; nothing is changed and the incident waits on a human decision", ""]
+    else:
+        lines += ["**Escalation:** none configured: the gate waits until someone answers.", ""]
+    lines += ["---", "", request.plan.describe()]
+    return "\n".join(lines)
 
 
 def _all_keys(policy: Any) -> dict[str, str]:

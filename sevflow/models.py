@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field
+from sevflow.versions import is_remote_repository, remote_cache_path
 
 # Every durable record and event resource name is spelled here once; the gate, the incident,
 # the intake and the CLI all read them from here.
@@ -155,15 +156,35 @@ class ServiceSpec(BlockReading):
     good_tag_pattern: str = "good-*"
     good_trailer: str = "Known-Good"
     command_timeout_seconds: float = 900.0
+    build_disk_space_mb: int = 256
     approval_policy: str | None = None
     secret_env: list[str] = Field(default_factory=list, description="names of the command secrets")
     health_check_token: bool = Field(default=False, description="whether a health-check token is set")
+    repository_username: str | None = None
+    repository_credential: bool = Field(default=False, description="whether a repository credential is set")
     reading: str = Field(default="", description="which reading of the run this is (a plan read afresh "
                          "after drift gathers its facts afresh too); not part of the fingerprint")
 
     @property
     def repository_path(self) -> Path:
-        return Path(os.path.expanduser(self.repository))
+        return _checkout_path(self.repository)
+
+    @property
+    def remote(self) -> bool:
+        return is_remote_repository(self.repository)
+
+    @property
+    def credentials_block(self) -> str | None:
+        """The block to read the repository credential from, if it has one."""
+        return self.block if self.repository_credential else None
+
+
+def _checkout_path(repository: str) -> Path:
+    """The checkout the git steps and commands work in: the path itself, or, for a remote
+    repository, this machine's cache of it under sevflow's state folder."""
+    if is_remote_repository(repository):
+        return remote_cache_path(repository)
+    return Path(os.path.expanduser(repository))
 
 
 
@@ -800,6 +821,8 @@ class Precondition(BaseModel):
     probe: AwsProbe | None = Field(default=None, description="aws-state: what to read, and what it must still be")
     database: DatabaseSpec | None = None
     present: list[str] = Field(default_factory=list, description="databases that must exist (databases-present)")
+    credentials_block: str | None = Field(default=None, description="git-head of a remote repository: the "
+                                          "service target block whose secret field reaches it")
 
 
 class GitRestore(BaseModel):
@@ -816,10 +839,16 @@ class GitRestore(BaseModel):
     path: str | None = Field(default=None, description="only this file; None for the whole tree")
     run_key: str = Field(description="marks the commit as this run's, so a re-run does not repeat it")
     subject: str
+    credentials_block: str | None = Field(default=None, description="remote repository: the service target "
+                                          "block whose secret field reaches it")
 
     @property
     def repository_path(self) -> Path:
-        return Path(os.path.expanduser(self.repository))
+        return _checkout_path(self.repository)
+
+    @property
+    def remote(self) -> bool:
+        return is_remote_repository(self.repository)
 
 
 class ShellCommand(BaseModel):
@@ -834,6 +863,10 @@ class ShellCommand(BaseModel):
     secret_env: list[str] = Field(default_factory=list, description="names of the secret variables it gets")
     secrets_block: str = Field(description="the service target block whose secret fields hold their values")
     target_fingerprint: str = Field(description="the block as planned; an edited block stops the command")
+    repository: str | None = Field(default=None, description="remote repository: the command runs in the "
+                                   "running worker's checkout of it (`cwd` is the planning worker's)")
+    branch: str | None = None
+    credentials_block: str | None = None
 
 
 class HealthSpec(BaseModel):
@@ -988,6 +1021,10 @@ class Plan(BaseModel):
                     lines += [f"git commit-tree {op.source_sha[:12]}^{{tree}} -p {op.expected_head[:12]}   "
                               "# new commit with that tree; history is not rewritten",
                               "git merge --ff-only <that commit>"]
+                if op.remote:
+                    lines += [f"git fetch {op.repository} && git push origin <that commit>:refs/heads/{op.branch}   "
+                              f"# fast-forward only: refused, nothing changed, if {op.branch} is no longer "
+                              f"{op.expected_head[:12]}"]
             elif isinstance(op, FailoverCommand):
                 lines.append(f"(cd {op.cwd} && {op.command})   # fail over from {op.dependency}")
             elif isinstance(op, ShellCommand):

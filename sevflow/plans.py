@@ -68,9 +68,11 @@ def command(spec: ServiceSpec, kind: Literal["build", "deploy", "reload"]) -> Sh
     text = {"build": spec.build_command, "deploy": spec.deploy_command, "reload": spec.reload_command}[kind]
     if not text:
         return None
+    remote = {"repository": spec.repository, "branch": spec.branch,
+              "credentials_block": spec.credentials_block} if spec.remote else {}
     return ShellCommand(kind=kind, service=spec.service, command=text, cwd=str(spec.repository_path),
                         timeout_seconds=spec.command_timeout_seconds, secret_env=list(spec.secret_env),
-                        secrets_block=spec.block, target_fingerprint=spec.fingerprint())
+                        secrets_block=spec.block, target_fingerprint=spec.fingerprint(), **remote)
 
 
 def health(spec: ServiceSpec) -> HealthSpec:
@@ -80,6 +82,11 @@ def health(spec: ServiceSpec) -> HealthSpec:
 
 
 def head_unchanged(spec: ServiceSpec, head: str) -> Precondition:
+    if spec.remote:
+        return Precondition(check="git-head", repository=spec.repository, branch=spec.branch, sha=head,
+                            credentials_block=spec.credentials_block,
+                            description=f"branch {spec.branch} of the remote {spec.repository} is still at "
+                            f"{head[:12]} (fetched again just before the change)")
     return Precondition(check="git-head", repository=spec.repository, branch=spec.branch, sha=head,
                         description=f"branch {spec.branch} of {spec.repository} is still at {head[:12]}, "
                         "with no local changes")
@@ -92,7 +99,8 @@ def target_unchanged(spec: ServiceSpec) -> Precondition:
 
 
 def _secrets(spec: ServiceSpec) -> list[str]:
-    return [*spec.secret_env, *(["health_check_token"] if spec.health_check_token else [])]
+    return [*spec.secret_env, *(["health_check_token"] if spec.health_check_token else []),
+            *(["repository_credential"] if spec.repository_credential else [])]
 
 
 def _commands(*ops: ShellCommand | None) -> list[ShellCommand]:
@@ -108,6 +116,7 @@ def application_rollback_plan(
         target=f"service {spec.service}, repository {spec.repository}, branch {spec.branch}",
         operations=[
             GitRestore(service=spec.service, repository=spec.repository, branch=spec.branch,
+                       credentials_block=spec.credentials_block,
                        expected_head=preview.from_sha, source_sha=good.sha, source_tree=preview.to_tree,
                        run_key=run_key, subject=f"Roll back {spec.service} to {good.short}: {good.subject}"),
             *_commands(command(spec, "build"), command(spec, "deploy")),
@@ -130,6 +139,7 @@ def return_to_previous_plan(
         target=f"service {spec.service}, repository {spec.repository}, branch {spec.branch}",
         operations=[
             GitRestore(service=spec.service, repository=spec.repository, branch=spec.branch,
+                       credentials_block=spec.credentials_block,
                        expected_head=rolled_head, source_sha=running_before, source_tree=running_before_tree,
                        run_key=run_key, subject=f"Return {spec.service} to {running_before[:12]}"),
             *_commands(command(spec, "build"), command(spec, "deploy")),
@@ -149,6 +159,7 @@ def configuration_rollback_plan(spec: ServiceSpec, diff: ConfigDiff, source: Com
         target=f"service {spec.service}, repository {spec.repository}, branch {spec.branch}, file {diff.path}",
         operations=[
             GitRestore(service=spec.service, repository=spec.repository, branch=spec.branch,
+                       credentials_block=spec.credentials_block,
                        expected_head=diff.head_sha, source_sha=source.sha, source_tree=diff.blob, path=diff.path,
                        run_key=run_key, subject=f"Restore {diff.path} from {source.short}"),
             *_commands(command(spec, "reload")),
@@ -200,6 +211,7 @@ def hotfix_plan(spec: ServiceSpec, fix: CommitInfo, preview: RollbackPreview, ru
         target=f"service {spec.service}, repository {spec.repository}, branch {spec.branch}",
         operations=[
             GitRestore(service=spec.service, repository=spec.repository, branch=spec.branch,
+                       credentials_block=spec.credentials_block,
                        expected_head=preview.from_sha, source_sha=fix.sha, source_tree=preview.to_tree,
                        run_key=run_key, subject=f"Hotfix {spec.service}: {fix.subject} ({fix.short})"),
             *_commands(command(spec, "build"), command(spec, "deploy")),

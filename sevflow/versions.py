@@ -7,9 +7,13 @@ history" steps are made by the functions below, so they can be tested without a 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from datetime import datetime, timezone
 from fnmatch import fnmatchcase
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from sevflow import markdown as md
 from pydantic import BaseModel, Field, field_validator
@@ -27,6 +31,43 @@ _SHORTSTAT = {
     "insertions": re.compile(r"(\d+) insertions?\(\+\)"),
     "deletions": re.compile(r"(\d+) deletions?\(-\)"),
 }
+
+
+# `git@host:owner/repo.git`: the scp-like form of an ssh address (no `://`).
+_SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:(?!//)")
+REMOTE_SCHEMES = ("https", "http", "ssh", "git", "file")
+
+
+def is_remote_repository(repository: str) -> bool:
+    """True if a service target's `repository` is an address to fetch (https, ssh, file://)
+    rather than a path on this machine."""
+    text = repository.strip()
+    return "://" in text or bool(_SCP_LIKE.match(text))
+
+
+def check_repository_address(repository: str) -> str:
+    """The address, or ValueError saying what to fix: an unknown scheme, or a password or
+    token written into it (it would be shown in every plan and log line that names it)."""
+    text = repository.strip()
+    if not is_remote_repository(text) or _SCP_LIKE.match(text):
+        return text
+    parts = urlsplit(text)
+    if parts.scheme not in REMOTE_SCHEMES:
+        raise ValueError(f"repository {text!r}: unknown scheme {parts.scheme!r}; use one of "
+                         f"{', '.join(s + '://' for s in REMOTE_SCHEMES)} or a path on this machine")
+    if parts.password is not None:
+        raise ValueError("repository: the address carries a password or token (user:secret@host); "
+                         "put the address without it and the secret in `repository_credential`")
+    return text
+
+
+def remote_cache_path(repository: str, home: str | None = None) -> Path:
+    """Where this machine keeps its own checkout of a remote repository: under sevflow's
+    state folder (`$SEVFLOW_HOME`, default ~/.sevflow), one folder per address."""
+    root = Path(home or os.environ.get("SEVFLOW_HOME") or Path.home() / ".sevflow").expanduser()
+    text = repository.strip()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git"))[:40] or "repo"
+    return root / "repos" / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 class CommitInfo(BaseModel):

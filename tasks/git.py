@@ -10,13 +10,16 @@ procedure does not roll back twice.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import shlex
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from git import Git, Repo
@@ -35,6 +38,7 @@ from sevflow.versions import (
     RestoredVersion,
     RollbackPreview,
     parse_diff_summary,
+    is_remote_repository,
     parse_trailers,
 )
 from sevflow.versions import MAX_DIFF_CHARS
@@ -68,7 +72,178 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[Any]:
 
 @contextmanager
 def _open(target: Checkout) -> Iterator[Repo]:
-    """The target's checkout, closed afterwards; PreflightError if there is none."""
+    """The target's checkout, closed afterwards; PreflightError if there is none.
+
+    A remote repository (an address, not a path) is first fetched into this machine's cache
+    of it and the cache set to the remote's branch, under a lock (two runs on one worker
+    share the cache): every step reads the remote as it is now."""
+    if is_remote_repository(target.repository):
+        with _remote_access(target) as env, _cache_lock(target.repository_path):
+            _sync_cache(target, env)
+            with _open_local(target) as repo:
+                repo.sevflow_remote_env = env  # type: ignore[attr-defined]  # for the push
+                yield repo
+        return
+    with _open_local(target) as repo:
+        yield repo
+
+
+def _credentials_block(target: Checkout) -> str | None:
+    if isinstance(target, ServiceTarget):
+        return target._block_document_name or target.service if target.repository_credential else None  # type: ignore[attr-defined]
+    return target.credentials_block
+
+
+@contextmanager
+def _remote_access(target: Checkout) -> Iterator[dict[str, str]]:
+    """Environment for git commands that reach the remote: never a prompt, and the block's
+    credential handed over through GIT_ASKPASS (https) or a key file (ssh) that exist only
+    while the commands run. The credential is never in an argument, the address or a log."""
+    env = {"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
+    block = _credentials_block(target)
+    if block is None:
+        yield env
+        return
+    live = target if isinstance(target, ServiceTarget) else ServiceTarget.for_service(block)
+    username, secret = live.repository_secret()
+    if not secret:
+        yield env
+        return
+    with tempfile.TemporaryDirectory(prefix="sevflow-git-auth-") as scratch:
+        if _is_ssh(target.repository):
+            key = os.path.join(scratch, "key")
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secret.strip() + "\n")
+            env["GIT_SSH_COMMAND"] = f"ssh -i {shlex.quote(key)} -o IdentitiesOnly=yes -o BatchMode=yes"
+        else:
+            askpass = os.path.join(scratch, "askpass")
+            fd = os.open(askpass, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+            with os.fdopen(fd, "w") as out:
+                out.write('#!/bin/sh\ncase "$1" in\n  Username*) printf \'%s\\n\' "$SEVFLOW_GIT_USERNAME" ;;\n'
+                          '  *) printf \'%s\\n\' "$SEVFLOW_GIT_PASSWORD" ;;\nesac\n')
+            env |= {"GIT_ASKPASS": askpass, "SEVFLOW_GIT_USERNAME": username or "git",
+                    "SEVFLOW_GIT_PASSWORD": secret}
+        env["SEVFLOW_GIT_MASK"] = secret  # read back by _remote_git to mask git's messages
+        yield env
+
+
+def _is_ssh(repository: str) -> bool:
+    text = repository.strip()
+    return text.startswith("ssh://") or ("://" not in text and "@" in text.split(":", 1)[0])
+
+
+_LOCK_WAIT_SECONDS = 600.0
+
+
+@contextmanager
+def _cache_lock(path: Path) -> Iterator[None]:
+    """Hold this machine's lock on one repository cache (another run may be using it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+    with open(path.parent / f"{path.name}.lock", "w") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PreflightError(f"The cache {path} of a remote repository stayed locked by another run for "
+                                         f"{_LOCK_WAIT_SECONDS:g} s. Nothing was changed; re-run when it is done.")
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remote_git(cwd: Path, env: dict[str, str], *args: str) -> str:
+    """`git -c credential.helper= args...` in `cwd` (no credential helper may store or offer
+    a credential); on failure, GitCommandError with the secret masked from its message."""
+    command = [Git.GIT_PYTHON_GIT_EXECUTABLE or "git", "-c", "credential.helper=", *args]
+    mask = env.get("SEVFLOW_GIT_MASK")
+    try:
+        return str(Git(str(cwd)).execute(command, env=env, kill_after_timeout=GIT_TIMEOUT_SECONDS))
+    except GitCommandError as exc:
+        if mask:
+            exc.stderr = str(exc.stderr).replace(mask, "********")
+            exc.stdout = str(exc.stdout).replace(mask, "********")
+        raise
+
+
+def _sync_cache(target: Checkout, env: dict[str, str]) -> None:
+    """Make this machine's cache of the remote repository a checkout of the remote's branch
+    as it is now (fetch, then reset the cache's branch to it). Changes only the cache."""
+    url, path = target.repository.strip(), target.repository_path
+    try:
+        if not (path / ".git").is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            _remote_git(path, env, "init", "-q", "-b", target.branch)
+            _remote_git(path, env, "remote", "add", "origin", url)
+        _logger().info("Fetching %s (branch %s) into %s", url, target.branch, path)
+        _remote_git(path, env, "fetch", "--quiet", "--prune", "--tags", "--force", "origin",
+                    "+refs/heads/*:refs/remotes/origin/*")
+    except GitCommandError as exc:
+        raise PreflightError(
+            f"Could not fetch {url} for {target.service}: {_stderr(exc)}. Check `repository` (the address) and "
+            f"`repository_credential` in the {target.service!r} service target block, and that this worker "
+            "reaches the host. Nothing was changed."
+        ) from exc
+    try:
+        _remote_git(path, env, "rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{target.branch}^{{commit}}")
+    except GitCommandError as exc:
+        raise PreflightError(
+            f"{url} has no branch {target.branch!r}. Check `branch` in the {target.service!r} service target "
+            f"block (`git ls-remote --heads {url}` lists the branches). Nothing was changed."
+        ) from exc
+    _remote_git(path, env, "checkout", "-q", "-f", "-B", target.branch, f"refs/remotes/origin/{target.branch}")
+    _remote_git(path, env, "clean", "-ffdq")
+
+
+def local_checkout(repository: str, branch: str, service: str, credentials_block: str | None) -> Path:
+    """This machine's checkout of the service, for its commands to run in: the path itself,
+    or, for a remote repository, the cache brought to the remote's branch as it is now."""
+    target = GitRestore(service=service, repository=repository, branch=branch, expected_head="", source_sha="",
+                        source_tree="", run_key="checkout", subject="", credentials_block=credentials_block)
+    if not is_remote_repository(repository):
+        return target.repository_path
+    with _open(target):
+        return target.repository_path
+
+
+def _push(repo: Repo, target: Checkout, head: str, new: str) -> None:
+    """Push `new` (a child of `head`) to the remote's branch, fast-forward only. If the remote
+    refuses (it moved since `head` was fetched), the cache goes back to `head` and nothing
+    was changed on the remote: DriftError."""
+    env: dict[str, str] = getattr(repo, "sevflow_remote_env", {})
+    url = target.repository.strip()
+    path = Path(str(repo.working_tree_dir))
+    try:
+        # No --force of any kind: git and the remote refuse anything but a fast-forward.
+        _remote_git(path, env, "push", "--quiet", "--porcelain", "origin", f"{new}:refs/heads/{target.branch}")
+    except GitCommandError as exc:
+        _run(repo, "reset", "-q", "--hard", head)
+        try:
+            listed = _remote_git(path, env, "ls-remote", "--heads", "origin", f"refs/heads/{target.branch}")
+            now = listed.split()[0] if listed.strip() else "(deleted)"
+        except GitCommandError:
+            now = "(could not be read)"
+        if now != head:
+            raise DriftError(
+                f"The remote {url} refused the rollback commit: its branch {target.branch!r} moved from "
+                f"{head[:12]} to {now[:12]} since the plan was approved (sevflow pushes fast-forward only). "
+                "Nothing was changed on the remote. Re-run the procedure to review and approve against the new head."
+            ) from exc
+        raise PreflightError(
+            f"Pushing the rollback commit to {url} ({target.branch}) failed: {_stderr(exc)}. The remote is "
+            f"unchanged (still {head[:12]}). Check that the worker may push there (`repository_credential`), "
+            "then re-run."
+        ) from exc
+    _logger().info("Pushed %s to %s (%s), fast-forward from %s", new[:12], url, target.branch, head[:12])
+
+
+@contextmanager
+def _open_local(target: Checkout) -> Iterator[Repo]:
     path = target.repository_path
     if not path.is_dir():
         raise PreflightError(
@@ -337,6 +512,8 @@ def _commit_restored(
         log.info("Committing %r on %s in %s", subject(restored_commit), target.branch, repo.working_tree_dir)
         new = _git(repo, "commit-tree", tree, "-p", head, "-m", subject(restored_commit), "-m", trailers)
         _fast_forward(repo, target, head, new, run_key)
+        if is_remote_repository(target.repository):
+            _push(repo, target, head, new)
         log.info("%s is now %s (was %s)", target.branch, new[:12], head[:12])
         return RestoredVersion(previous_head=head, new_head=new, restored_sha=restored, created=True)
 
@@ -529,11 +706,50 @@ def restore_config_file(op: GitRestore) -> RestoredVersion:
     return _commit_restored(op, wanted_tree=wanted_tree, subject=lambda commit: op.subject)
 
 
+def commit_problems(target: Checkout) -> list[str]:
+    """What would stop the rollback commit (and, for a remote repository, its push) that can
+    be seen without changing anything: git's identity for the commit, write access to the
+    checkout, the remote reachable and accepting a push from this worker (`push --dry-run`).
+    A sentence each saying what to fix; empty when all is well. Changes nothing."""
+    problems: list[str] = []
+    try:
+        with _open(target) as repo:
+            path = Path(str(repo.working_tree_dir))
+            try:
+                _run(repo, "var", "GIT_COMMITTER_IDENT")
+                _run(repo, "var", "GIT_AUTHOR_IDENT")
+            except GitCommandError as exc:
+                reason = _stderr(exc).splitlines()[-1] if _stderr(exc) else "no identity"
+                problems.append(
+                    f"git has no usable identity for the rollback commit in {path} ({reason}): set one for the "
+                    "user this worker runs as, e.g. `git config --global user.name \"sevflow on $(hostname)\"` and "
+                    "`git config --global user.email sevflow@your.domain`")
+            git_dir = Path(repo.git_dir)
+            for where in (path, git_dir, git_dir / "objects", git_dir / "refs" / "heads"):
+                if not os.access(where, os.W_OK):
+                    problems.append(f"this worker's user may not write to {where}: the rollback commit needs it "
+                                    f"(`chown -R` the checkout to that user, or run the worker as its owner)")
+                    break
+            if is_remote_repository(target.repository):
+                env: dict[str, str] = getattr(repo, "sevflow_remote_env", {})
+                try:
+                    _remote_git(path, env, "push", "--dry-run", "--porcelain", "origin",
+                                f"refs/heads/{target.branch}:refs/heads/{target.branch}")
+                except GitCommandError as exc:
+                    problems.append(f"{target.repository} does not accept a push from this worker ({_stderr(exc)}): "
+                                    f"check `repository_credential` in the {target.service!r} service target "
+                                    "block (it must allow writing to the branch)")
+    except PreflightError as exc:
+        problems.append(str(exc))
+    return problems
+
+
 def head_drift(pre: Precondition) -> str | None:
     """None if the branch is still at the planned head with a clean checkout; else what moved.
     Read-only; used just before an approved plan is carried out."""
     spec = GitRestore(service=pre.repository, repository=pre.repository, branch=pre.branch, expected_head=pre.sha,
-                      source_sha=pre.sha, source_tree="", run_key="check", subject="")
+                      source_sha=pre.sha, source_tree="", run_key="check", subject="",
+                      credentials_block=pre.credentials_block)
     try:
         with _open(spec) as repo:
             head = _branch_head(repo, spec)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import selectors
+import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -84,6 +86,75 @@ def missing_commands(target: ServiceTarget | ServiceSpec, needed: list[str]) -> 
         for kind in needed
         if not getattr(target, COMMAND_FIELDS[kind])  # type: ignore[index]
     ]
+
+
+_SEPARATORS = {"&&", "||", ";", "|", "&", "(", ")", ";;", "|&"}
+_KEYWORDS = {"!", "{", "}", "if", "then", "do", "else", "elif", "fi", "while", "until", "done", "time", "esac"}
+# Programs that start the next word as a program: that word is checked too.
+_WRAPPERS = {"nohup", "exec", "command", "env", "sudo", "timeout", "xargs", "nice"}
+
+
+def programs_of(command: str) -> list[str]:
+    """The programs a shell command line starts (the word at each command position), for
+    preflight. Pure; variable words (`$X`), assignments (`A=b`), options and numbers after a
+    wrapper (`timeout 30 npm`) are not programs."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+    except ValueError:
+        return []  # unbalanced quotes: bash itself will say so when it runs
+    found: list[str] = []
+    expect, after_wrapper = True, False
+    for token in tokens:
+        if token in _SEPARATORS:
+            expect, after_wrapper = True, False
+            continue
+        if not expect:
+            continue
+        if token in _KEYWORDS or "=" in token.split("/")[0] \
+                or (after_wrapper and (token.startswith("-") or token.replace(".", "").isdigit())):
+            continue  # still before the program's name
+        if "$" not in token and "`" not in token:
+            found.append(token)
+        after_wrapper = token in _WRAPPERS
+        expect = after_wrapper
+    return list(dict.fromkeys(found))
+
+
+def command_problems(target: ServiceSpec, kinds: list[str]) -> list[str]:
+    """For each of the service's `kinds` of command (build, deploy, reload) it has: each
+    program it starts that bash on this worker cannot find (in the checkout, on PATH). A
+    sentence each saying what to fix. Runs nothing but `type`; changes nothing."""
+    cwd = target.repository_path
+    problems: list[str] = []
+    for kind in kinds:
+        field_name = COMMAND_FIELDS[kind]  # type: ignore[index]
+        text = getattr(target, field_name)
+        if not text:
+            continue
+        for program in programs_of(text):
+            found = subprocess.run(["bash", "-c", 'type -t -- "$1"', "type", program], cwd=cwd if cwd.is_dir() else None,
+                                   capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+            if not found.stdout.strip():
+                problems.append(f"`{program}` (in `{field_name}`) is not a command on this worker (PATH "
+                                f"{os.environ.get('PATH', '')}): install it here, or fix `{field_name}` in the "
+                                f"{target.block!r} service target block")
+    return problems
+
+
+def disk_problems(target: ServiceSpec) -> list[str]:
+    """Whether the checkout's filesystem has the free space the block says a build needs.
+    Changes nothing."""
+    where = target.repository_path
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free_mb = shutil.disk_usage(where).free // (1024 * 1024)
+    if free_mb >= target.build_disk_space_mb:
+        return []
+    return [f"only {free_mb} MB free on the filesystem of {target.repository_path}, and a build of "
+            f"{target.service} needs {target.build_disk_space_mb} MB (`build_disk_space_mb` in the "
+            f"{target.block!r} service target block): free some space there first"]
 
 
 @step("build", mutating=True)
@@ -159,7 +230,14 @@ def _run_approved(op: ShellCommand, kind: CommandKind) -> CommandResult:
             "again to review and approve the new plan."
         )
     env, secrets = load_secrets(op.secrets_block, op.secret_env)
-    return run_command(kind, op.command, Path(op.cwd), env, secrets, op.timeout_seconds, op.service)
+    cwd = Path(op.cwd)
+    if op.repository:
+        # A remote repository: this worker's own checkout of it, at the remote's branch now
+        # (the plan may have been made, and the rollback pushed, by another worker).
+        from sevflow.tasks.git import local_checkout
+
+        cwd = local_checkout(op.repository, op.branch or "main", op.service, op.credentials_block)
+    return run_command(kind, op.command, cwd, env, secrets, op.timeout_seconds, op.service)
 
 
 def target_changes_of(op: ShellCommand) -> list[str]:

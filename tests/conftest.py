@@ -74,7 +74,8 @@ def moto_s3() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def worker(stack: PrefectServer) -> Iterator[Worker]:
     # A small limit on purpose: a gate that held its worker slot would stall the suite.
-    w = Worker(stack.env(), stack.home / "worker.log", limit=3)
+    # Its own sevflow state folder: the caches of remote repositories go there, not to ~/.sevflow.
+    w = Worker(stack.env() | {"SEVFLOW_HOME": str(stack.home / "worker-state")}, stack.home / "worker.log", limit=3)
     w.start()
     w.wait_ready(stack.api_url)
     try:

@@ -10,6 +10,7 @@ gather facts (read-only steps) → decide (pure code in `sevflow.plans`) → `ct
 from sevflow.incident import open_incident, publish_records
 from sevflow.kit.parameters import SHARED_PARAMETERS, procedure_parameters
 from sevflow.kit.preconditions import check_preconditions
+from sevflow.kit.preflight import PREFLIGHT_FAILED, PreflightFailed, preflight
 from sevflow.kit.procedure import (
     AWAITING_HUMAN_DECISION,
     DRY_RUN,
@@ -30,7 +31,8 @@ from sevflow.tasks.common import step
 from sevflow.tasks.targets import read_service_target
 
 __all__ = [
-    "AWAITING_HUMAN_DECISION", "DRY_RUN", "NOTHING_TO_DO", "PLAN_DRIFTED", "REJECTED",
+    "AWAITING_HUMAN_DECISION", "DRY_RUN", "NOTHING_TO_DO", "PLAN_DRIFTED", "PREFLIGHT_FAILED", "REJECTED",
+    "PreflightFailed", "preflight",
     "DryRunEnd", "GateClosed", "IncidentContext", "NothingToDo", "Plan", "PlanKeptDrifting", "Procedure",
     "ProcedureEnd", "Severity", "begin", "check_preconditions", "open_incident", "publish_records",
     "read_service_target", "run", "step", "SHARED_PARAMETERS", "procedure_parameters",

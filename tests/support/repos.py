@@ -120,3 +120,42 @@ def save_service_target(name: str, repo: ServiceRepo, health_url: str, *, deploy
     )
     fields.update(overrides)
     ServiceTarget(**fields).save(name, overwrite=True)
+
+
+@dataclass
+class RemoteRepo:
+    """A service whose repository lives elsewhere: a bare repository (the remote, as a Git
+    host keeps it) and a developer's clone of it (to move the remote, as a colleague would)."""
+
+    bare: Path
+    work: ServiceRepo
+
+    @property
+    def url(self) -> str:
+        return self.bare.resolve().as_uri()
+
+    def head(self, branch: str = "main") -> str:
+        return git(self.bare, "rev-parse", f"refs/heads/{branch}")
+
+    def refs(self) -> str:
+        return git(self.bare, "show-ref")
+
+    def tree(self, ref: str) -> str:
+        return git(self.bare, "rev-parse", f"{ref}^{{tree}}")
+
+    def push_commit(self, label: str, files: dict[str, str], message: str) -> str:
+        """A colleague's commit, pushed to the remote's main."""
+        sha = self.work.commit(label, files, message)
+        git(self.work.path, "push", "-q", "origin", "main")
+        return sha
+
+
+def make_remote_repo(root: Path) -> RemoteRepo:
+    """`make_service_repo`'s history (v1, v2 good; v3 running), pushed to a bare repository
+    under `root/remotes`; the developer's clone stays in `root/shop`."""
+    work = make_service_repo(root)
+    bare = root / "remotes" / "shop.git"
+    bare.parent.mkdir()
+    git(root, "clone", "-q", "--bare", str(work.path), str(bare))
+    git(work.path, "remote", "add", "origin", str(bare))
+    return RemoteRepo(bare, work)
