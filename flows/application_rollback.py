@@ -75,8 +75,8 @@ def roll_back_application(ctx: Procedure, service: str, version: str | None = No
     # 3. Check out the last good version, build, deploy: every input from the approved plan.
     restored = restore_version(plan.operation("git-restore"))
     if plan.operation("build"):
-        build(plan.operation("build"), phase=plan.digest)
-    deploy(plan.operation("deploy"), phase=plan.digest)
+        build(plan.operation("build"), phase=plan.digest, at=restored.new_head)
+    deploy(plan.operation("deploy"), phase=plan.digest, at=restored.new_head)
 
     # 4. Verify.
     health = verify_health(plan.verify, phase=plan.digest)
@@ -156,10 +156,10 @@ def offer_return(
         resolution = [f"Rollback to {good[:12]} failed verification ({why}); return {end.outcome}; "
                       "the rolled-back version stays in place."]
         return ProcedureEnd("verification failed", resolution[0], resolution, Failed, VERIFICATION_FAILED)
-    restore_version(plan.operation("git-restore"))
+    restored = restore_version(plan.operation("git-restore"))
     if plan.operation("build"):
-        build(plan.operation("build"), phase=plan.digest)
-    deploy(plan.operation("deploy"), phase=plan.digest)
+        build(plan.operation("build"), phase=plan.digest, at=restored.new_head)
+    deploy(plan.operation("deploy"), phase=plan.digest, at=restored.new_head)
     after = verify_health(plan.verify, phase=plan.digest)
     state = "healthy" if after.ok else "still unhealthy"
     message = (f"Rollback to {good[:12]} failed verification ({why}); returned to {running_before[:12]} "

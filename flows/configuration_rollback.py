@@ -73,7 +73,7 @@ def roll_back_configuration(
     # 3. Restore the file as a new commit, reload, verify: every input from the approved plan.
     restore = plan.operation("git-restore")
     restored = restore_config_file(restore)
-    reload_configuration(plan.operation("reload"), phase=plan.digest)
+    reload_configuration(plan.operation("reload"), phase=plan.digest, at=restored.new_head)
     health = verify_health(plan.verify, phase=plan.digest)
     summary = (f"Restored {restore.path} from {restore.source_sha[:12]} (new commit {restored.new_head[:12]}, "
                f"plan {plan.digest[:12]}), reloaded {service}; health checks {'pass' if health.ok else 'FAIL'}.")

@@ -234,8 +234,8 @@ def deploy_hotfix(ctx: Procedure, service: str, remedy: Remedy, cycle: int) -> t
     asked_by = answered.approvers[0]
     plan = ctx.approve(lambda reading: plan_hotfix(ctx, service, ref, asked_by, reading), gate="hotfix")
     restored = restore_version(plan.operation("git-restore"))
-    build(plan.operation("build"), phase=plan.digest)
-    deploy(plan.operation("deploy"), phase=plan.digest)
+    build(plan.operation("build"), phase=plan.digest, at=restored.new_head)
+    deploy(plan.operation("deploy"), phase=plan.digest, at=restored.new_head)
     return (f"Deployed hotfix {ref} ({plan.operation('git-restore').source_sha[:12]}) to {service} as commit "  # type: ignore[union-attr]
             f"{restored.new_head[:12]}, named by {asked_by}.", plan.digest)
 

@@ -200,14 +200,29 @@ def _sync_cache(target: Checkout, env: dict[str, str]) -> None:
     _remote_git(path, env, "clean", "-ffdq")
 
 
-def local_checkout(repository: str, branch: str, service: str, credentials_block: str | None) -> Path:
+def local_checkout(repository: str, branch: str, service: str, credentials_block: str | None,
+                   at: str | None = None) -> Path:
     """This machine's checkout of the service, for its commands to run in: the path itself,
-    or, for a remote repository, the cache brought to the remote's branch as it is now."""
+    or, for a remote repository, the cache brought to the remote's branch as it is now and,
+    with `at`, to exactly that commit (the one the run made and pushed), which must be on the
+    branch: a branch rewritten since is drift, and nothing runs."""
     target = GitRestore(service=service, repository=repository, branch=branch, expected_head="", source_sha="",
                         source_tree="", run_key="checkout", subject="", credentials_block=credentials_block)
     if not is_remote_repository(repository):
         return target.repository_path
-    with _open(target):
+    with _open(target) as repo:
+        if at:
+            try:
+                _run(repo, "merge-base", "--is-ancestor", at, "HEAD")
+            except GitCommandError:
+                raise DriftError(
+                    f"The commit this run pushed ({at[:12]}) is no longer on {repository} ({branch}): the branch was "
+                    "rewritten since. Nothing was built or deployed; run the procedure again to review the new state."
+                ) from None
+            if _run(repo, "rev-parse", "HEAD").strip() != at:
+                _logger().warning("%s (%s) moved past this run's commit %s since it was pushed; running at %s, "
+                                  "the approved change, not at the newer commits.", repository, branch, at[:12], at[:12])
+                _run(repo, "checkout", "-q", "-f", "-B", branch, at)
         return target.repository_path
 
 

@@ -158,29 +158,31 @@ def disk_problems(target: ServiceSpec) -> list[str]:
 
 
 @step("build", mutating=True)
-def build(op: ShellCommand | None, phase: str) -> CommandResult:
+def build(op: ShellCommand | None, phase: str, at: str | None = None) -> CommandResult:
     """Build the service in its repository (runbook: `npm run build`): runs the approved
     plan's build command. A plan without one has nothing to build; the step says it skipped.
-    `phase` (the gate that approved it) tells apart two builds in one run."""
+    `phase` (the gate that approved it) tells apart two builds in one run. `at`: the commit this
+    run made (its rollback commit); on a remote repository the command runs at exactly that
+    commit, whatever was pushed to the branch since."""
     if op is None:
         # Some services deploy straight from source; a missing build is not an error.
         _logger().info("No build command configured (none in the approved plan): skipping the build")
         return CommandResult(kind="build", command="", returncode=0, duration_seconds=0.0,
                              output_tail="skipped: no build command configured")
-    return _run_approved(op, "build")
+    return _run_approved(op, "build", at)
 
 
 @step("deploy", mutating=True, milestone="Fix deployed")
-def deploy(op: ShellCommand | None, phase: str) -> CommandResult:
+def deploy(op: ShellCommand | None, phase: str, at: str | None = None) -> CommandResult:
     """Start the checked-out version of the service (runbook: `npm start`): runs the approved
     plan's deploy command, which must return once the new version runs."""
-    return _run_approved(_required(op, "deploy"), "deploy")
+    return _run_approved(_required(op, "deploy"), "deploy", at)
 
 
 @step("reload configuration", mutating=True, milestone="Fix deployed")
-def reload_configuration(op: ShellCommand | None, phase: str) -> CommandResult:
+def reload_configuration(op: ShellCommand | None, phase: str, at: str | None = None) -> CommandResult:
     """Make the running service re-read its configuration: the approved plan's reload command."""
-    return _run_approved(_required(op, "reload"), "reload")
+    return _run_approved(_required(op, "reload"), "reload", at)
 
 
 @step("fail over", mutating=True, milestone="Fix deployed")
@@ -218,7 +220,7 @@ def _required(op: ShellCommand | None, kind: CommandKind) -> ShellCommand:
     return op
 
 
-def _run_approved(op: ShellCommand, kind: CommandKind) -> CommandResult:
+def _run_approved(op: ShellCommand, kind: CommandKind, at: str | None = None) -> CommandResult:
     """Run exactly the approved command, once sure the block it came from is unchanged."""
     if op.kind != kind:
         raise ConfigurationError(f"The {kind} step was handed the plan's {op.kind} command.")
@@ -232,11 +234,12 @@ def _run_approved(op: ShellCommand, kind: CommandKind) -> CommandResult:
     env, secrets = load_secrets(op.secrets_block, op.secret_env)
     cwd = Path(op.cwd)
     if op.repository:
-        # A remote repository: this worker's own checkout of it, at the remote's branch now
-        # (the plan may have been made, and the rollback pushed, by another worker).
+        # A remote repository: this worker's own checkout of it (the plan may have been made,
+        # and the rollback pushed, by another worker), at the commit this run made: a commit
+        # someone pushed after it was never approved, so it is not what gets built.
         from sevflow.tasks.git import local_checkout
 
-        cwd = local_checkout(op.repository, op.branch or "main", op.service, op.credentials_block)
+        cwd = local_checkout(op.repository, op.branch or "main", op.service, op.credentials_block, at=at)
     return run_command(kind, op.command, cwd, env, secrets, op.timeout_seconds, op.service)
 
 

@@ -201,3 +201,28 @@ def test_an_address_with_a_password_in_it_is_refused() -> None:
         ServiceTarget(service="shop", repository="https://bot:s3cret@git.example.invalid/shop.git")
     target = ServiceTarget(service="shop", repository="git@git.example.invalid:team/shop.git")
     assert target.repository_path.name.startswith("shop-") and "repos" in target.repository_path.parts
+
+
+def test_build_and_deploy_run_at_the_commit_the_run_pushed_not_at_a_later_push(
+    remote_service: RemoteService, stack: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The approved rollback commit was pushed; a colleague pushes on top before the build: the
+    # build and deploy steps' checkout is the run's commit, and a branch rewritten so that the
+    # run's commit is gone stops them.
+    from sevflow.tasks.git import local_checkout
+
+    monkeypatch.setenv("SEVFLOW_HOME", str(tmp_path / "state"))
+    remote = remote_service.remote
+    ours = remote.push_commit("rollback", {"rolled.txt": "back\n"}, "Roll back to v2 (the run's commit)")
+    theirs = remote.push_commit("later", {"later.txt": "unapproved\n"}, "A colleague's push after the rollback")
+    checkout = local_checkout(remote.url, "main", remote_service.name, None, at=ours)
+    assert git(checkout, "rev-parse", "HEAD") == ours
+    assert not (checkout / "later.txt").exists()
+    assert local_checkout(remote.url, "main", remote_service.name, None) and \
+        git(checkout, "rev-parse", "HEAD") == theirs  # without `at`: the branch as it is
+
+    git(remote.bare, "update-ref", "refs/heads/main", remote.work.commits["v3"])  # history rewritten
+    before = remote.refs()
+    with pytest.raises(DriftError, match="no longer on .*Nothing was built or deployed"):
+        local_checkout(remote.url, "main", remote_service.name, None, at=ours)
+    assert remote.refs() == before
