@@ -22,7 +22,7 @@ from sevflow.kit import NothingToDo, preflight, procedure_parameters, Plan, Proc
 from sevflow.models import ServiceSpec
 from sevflow.tasks.git import inspect_repository, recent_history, resolve_version, restore_version, rollback_preview
 from sevflow.tasks.host import build, deploy, missing_commands
-from sevflow.tasks.http import HealthReport, verify_health
+from sevflow.tasks.http import HealthReport, health_before, verify_health
 from sevflow.versions import CommitInfo, pick_last_good
 
 PROCEDURE = "application-rollback"
@@ -73,6 +73,7 @@ def roll_back_application(ctx: Procedure, service: str, version: str | None = No
     plan = ctx.approve(lambda reading: plan_rollback(ctx, service, version, reading), gate="rollback")
 
     # 3. Check out the last good version, build, deploy: every input from the approved plan.
+    before = health_before(plan.verify, phase=plan.digest)
     restored = restore_version(plan.operation("git-restore"))
     if plan.operation("build"):
         build(plan.operation("build"), phase=plan.digest, at=restored.new_head)
@@ -91,7 +92,8 @@ def roll_back_application(ctx: Procedure, service: str, version: str | None = No
         ["Immediate fix applied", "System verified working"],
         root_cause_candidates=[f"the changes {restore.source_sha[:12]}..{restore.expected_head[:12]} of {service}, "
                                "undone by this rollback (its plan lists the commits)"],
-        health_after=_health_line(health),
+        health_before=before.line(),
+        health_after=health.line(),
     )
     return RollbackReport(incident_id=ctx.incident.incident_id, service=service,
                           rolled_back_from=restore.expected_head, rolled_back_to=restore.source_sha,
@@ -109,10 +111,6 @@ def plan_rollback(ctx: Procedure, service: str, version: str | None, reading: st
         raise NothingToDo(f"{service} already runs the content of {good.short}.")
     preflight(spec, ["build", "deploy"])  # what the change needs, before anyone is asked
     return plans.application_rollback_plan(spec, good, preview, ctx.run_key)
-
-
-def _health_line(health: HealthReport) -> str:
-    return "; ".join(f"{c.url} → {c.status_code or c.error}" for c in health.checks)
 
 
 def _require_commands(spec: ServiceSpec) -> None:

@@ -18,7 +18,7 @@ from sevflow.kit import NothingToDo, preflight, procedure_parameters, Plan, Proc
 from sevflow.models import ServiceSpec
 from sevflow.tasks.git import config_diff, config_history, resolve_version, restore_config_file
 from sevflow.tasks.host import missing_commands, reload_configuration
-from sevflow.tasks.http import verify_health
+from sevflow.tasks.http import health_before, verify_health
 from sevflow.versions import previous_config_version
 
 PROCEDURE = "configuration-rollback"
@@ -72,6 +72,7 @@ def roll_back_configuration(
 
     # 3. Restore the file as a new commit, reload, verify: every input from the approved plan.
     restore = plan.operation("git-restore")
+    before = health_before(plan.verify, phase=plan.digest)
     restored = restore_config_file(restore)
     reload_configuration(plan.operation("reload"), phase=plan.digest, at=restored.new_head)
     health = verify_health(plan.verify, phase=plan.digest)
@@ -84,7 +85,7 @@ def roll_back_configuration(
     publish_records(ctx.incident, "resolved", [summary], ["Immediate fix applied", "System verified working"],
                     root_cause_candidates=[f"the change to {restore.path} since {restore.source_sha[:12]}, "
                                            "reversed by this restore (its plan shows the diff)"],
-                    health_after="; ".join(f"{c.url} → {c.status_code or c.error}" for c in health.checks))
+                    health_before=before.line(), health_after=health.line())
     return ConfigRollbackReport(incident_id=ctx.incident.incident_id, service=service, path=restore.path or "",
                                 restored_from=restore.source_sha, new_head=restored.new_head, healthy=True,
                                 plan_digest=plan.digest)

@@ -48,6 +48,10 @@ class HealthReport(BaseModel):
     elapsed_seconds: float
     checks: list[HealthCheck]
 
+    def line(self) -> str:
+        """Each URL and what it answered, for the post-mortem's health before / after."""
+        return "; ".join(f"{c.url} → {c.status_code or c.error}" for c in self.checks)
+
 
 def next_poll_delay(
     *, healthy: bool, attempts: int, elapsed_seconds: float, budget_seconds: float
@@ -71,6 +75,24 @@ def request_timeout(*, elapsed_seconds: float, budget_seconds: float) -> float:
     """Per-request timeout: the usual 5 s, shortened so a round does not run far past the budget."""
     remaining = budget_seconds - elapsed_seconds
     return min(REQUEST_TIMEOUT_SECONDS, max(remaining, _MIN_REQUEST_TIMEOUT_SECONDS))
+
+
+@step("check health before the change", timeline=False)
+def health_before(check: HealthSpec, phase: str) -> HealthReport:
+    """One round of the approved plan's health checks, just before the change starts: what the
+    post-mortem reports as health before. Changes nothing; an unhealthy answer is the expected
+    case (it is why the change was asked for)."""
+    urls = list(check.urls)
+    for url in urls:
+        _require_http_url(check.service, url)
+    headers, secrets = _token(check)
+    started = time.monotonic()
+    with httpx.Client(headers=headers, timeout=httpx.Timeout(REQUEST_TIMEOUT_SECONDS), follow_redirects=False) as client:
+        checks = [_check(client, url, secrets, REQUEST_TIMEOUT_SECONDS) for url in urls]
+    report = HealthReport(ok=all(c.ok for c in checks), attempts=1,
+                          elapsed_seconds=round(time.monotonic() - started, 3), checks=checks)
+    _logger().info("Health of %s before the change (%s): %s", check.service, phase, report.line())
+    return report
 
 
 @step("verify health")

@@ -66,6 +66,9 @@ def test_approved_rollback_puts_last_good_version_in_place(service: Service, wor
                     "## Action Items", "**Severity:** SEV-1"):
         assert heading in postmortem.data
     assert "Not known to this run" in postmortem.data
+    # Health as the run saw it just before the change (v3 failing) and after it (v2 healthy).
+    assert f"- **Health before:** {service.app.health_url} → 503" in postmortem.data
+    assert f"- **Health after:** {service.app.health_url} → 200" in postmortem.data
 
     # The run carries the incident's tags.
     assert {"sevflow", "sev:1", f"service:{service.name}"} <= set(final.tags)

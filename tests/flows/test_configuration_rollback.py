@@ -26,6 +26,9 @@ def test_approved_config_rollback_restores_the_file_as_a_new_commit(service: Ser
     assert (repo.path / "feature.txt").exists() and "version 3" in (repo.path / "app.txt").read_text()
     assert (repo.deploy_dir / "app.env").read_text() == "POOL_SIZE=20\n"  # reloaded
     assert (repo.deploy_dir / "reloads.log").read_text().split() == ["reloaded"]
+    postmortem = _postmortem(run_id)
+    assert f"- **Health before:** {service.app.health_url} → " in postmortem  # asked once, before the restore
+    assert f"- **Health after:** {service.app.health_url} → 200" in postmortem
 
 
 def test_named_commit_and_rejection_change_nothing(service: Service, worker) -> None:
@@ -36,3 +39,15 @@ def test_named_commit_and_rejection_change_nothing(service: Service, worker) -> 
     answer_gate(run_id, "reject", "alice", "not the config")
     assert wait_final(run_id).state.name == "Rejected"
     assert service.repo.snapshot() == before
+
+
+def _postmortem(run_id: str) -> str:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)])))
+    return next(str(a.data) for a in found if a.key and a.key.endswith("-postmortem")
+                and not a.key.endswith("-incident-postmortem"))
