@@ -124,14 +124,26 @@ def test_demo_rollback_started_and_approved_in_the_ui_turns_health_green(up_demo
             expect(page.get_by_text("Rollback: Application").first).to_be_visible()
             form = page.locator(".schema-form-property")
             service = form.filter(has=page.locator(".schema-form-property__label", has_text=re.compile("^service$")))
-            service.locator("textarea").fill("demo-shop")
+            # A loaded machine may still be drawing the form: wait for both fields, fill them, and
+            # check they hold what was typed right before submitting.
+            service_box = service.locator("textarea")
             reason = form.filter(has=page.locator(".schema-form-property__label", has_text=re.compile("^reason")))
-            reason.locator("textarea").fill("checkout page broken since release 2")
+            reason_box = reason.locator("textarea")
+            for box, text in ((service_box, "demo-shop"), (reason_box, "checkout page broken since release 2")):
+                expect(box).to_be_editable()
+                box.fill(text)
+            expect(service_box).to_have_value("demo-shop")
+            expect(reason_box).to_have_value("checkout page broken since release 2")
             page.screenshot(path=str(tmp_path / "1-run-form.png"), full_page=True)
             page.get_by_role("button", name="Submit", exact=True).click()
-            # The UI goes back to the deployment's page; the run it created is the deployment's only one.
+            # The UI leaves the form for the deployment's or the run's page once the server took
+            # the run; a form still showing says why it was not sent.
             deployment_id = re.search(r"/deployments/deployment/([0-9a-f-]{36})/run", link)[1]  # type: ignore[index]
-            runs = until(lambda: _runs_of(up_demo.api, deployment_id), 60, 0.3, what="the run the form created")
+            try:
+                expect(page).not_to_have_url(re.compile(r"/run$"), timeout=120_000)
+            except AssertionError as e:
+                raise AssertionError(f"the Run form was not sent; it shows: {page.inner_text('body')[:2000]}") from e
+            runs = until(lambda: _runs_of(up_demo.api, deployment_id), 120, 0.3, what="the run the form created")
             assert len(runs) == 1, runs
             run_id = runs[0]["id"]
             assert runs[0]["parameters"]["service"] == "demo-shop"
