@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
@@ -16,7 +17,8 @@ from sevflow.versions import check_repository_address, is_remote_repository, rem
 
 class ServiceTarget(Block):
     """A production service: where its code lives, how it is built, deployed and reloaded,
-    and how to tell it is healthy. Procedures load it by name (the `service` parameter).
+    and how to tell it is healthy. Procedures load it by its block name (the `service`
+    parameter), which is the service's name unless the optional `service` field says otherwise.
 
     Secrets (`command_secrets`, `health_check_token`) are handed to commands as environment
     variables and to health checks as a bearer token; sevflow never logs them and masks them
@@ -27,7 +29,11 @@ class ServiceTarget(Block):
     _block_type_slug = "sevflow-service-target"
     _description = "A production service sevflow may roll back: repository, commands, health checks."
 
-    service: str = Field(description="The service's name, as alerts and people call it.")
+    service: str | None = Field(
+        default=None, title="Service name (if not the block's name)",
+        description="Leave empty: the block's name is the service's name, as alerts and people call it "
+        "and as procedures' `service` parameter names it. Set it only to show another name in plans.",
+    )
     repository: str = Field(
         description="Path of the service's git checkout on the machine that runs sevflow (the tree the "
         "build and deploy commands work in), or the address of its repository (https://, ssh://, "
@@ -45,24 +51,30 @@ class ServiceTarget(Block):
     )
     branch: str = Field(default="main", description="The branch production runs from.")
     build_command: str | None = Field(
-        default=None, description="Shell command run in the repository to build, e.g. `npm run build`."
+        default=None, description="Shell command run in the repository to build, e.g. `npm run build`. "
+        "Optional: when set, Rollback: Application and Production System Down run it before deploying."
     )
     deploy_command: str | None = Field(
-        default=None, description="Shell command run in the repository to deploy, e.g. `npm start`."
+        default=None, description="Shell command run in the repository to deploy, e.g. `npm start`. "
+        "Needed by: Rollback: Application, Production System Down's rollback and hotfix."
     )
     reload_command: str | None = Field(
-        default=None, description="Shell command that makes the service re-read its configuration."
+        default=None, description="Shell command that makes the service re-read its configuration. "
+        "Needed by: Rollback: Configuration."
     )
-    health_check_urls: list[str] = Field(
+    health_check_urls: list[Annotated[str, Field(pattern=r"^https?://\S+$")]] = Field(
         default_factory=list,
-        description="URLs that answer 2xx when the service is healthy, e.g. http://localhost:3000/api/health.",
+        description="URLs (http:// or https://) that answer 2xx when the service is healthy, e.g. "
+        "http://localhost:3000/api/health. Needed by every procedure that changes the service: "
+        "Rollback: Application, Rollback: Configuration, Production System Down.",
     )
     health_check_budget_seconds: float = Field(
-        default=120.0, description="How long verification may retry the health checks."
+        default=120.0, gt=0, description="How long verification may retry the health checks."
     )
     config_files: list[str] = Field(
         default_factory=list,
-        description="Configuration files (paths inside the repository) a configuration rollback may restore.",
+        description="Configuration files (paths relative to the repository root) a configuration rollback "
+        "may restore. Needed by: Rollback: Configuration.",
     )
     good_tag_pattern: str = Field(
         default="good-*",
@@ -72,7 +84,8 @@ class ServiceTarget(Block):
         default="Known-Good",
         description="A commit trailer with this key (value yes/true) also marks a known-good version.",
     )
-    command_timeout_seconds: float = Field(default=900.0, description="Longest a build, deploy or reload may run.")
+    command_timeout_seconds: float = Field(default=900.0, gt=0,
+                                           description="Longest a build, deploy or reload may run.")
     build_disk_space_mb: int = Field(
         default=256, ge=0, description="Free space (MB) a build needs on the checkout's filesystem; checked "
         "before approval is asked."
@@ -94,6 +107,19 @@ class ServiceTarget(Block):
     @classmethod
     def _address_without_secret(cls, value: str) -> str:
         return check_repository_address(value)
+
+    @field_validator("config_files")
+    @classmethod
+    def _inside_the_repository(cls, paths: list[str]) -> list[str]:
+        outside = [p for p in paths if not p.strip() or p.startswith("/") or ".." in Path(p).parts]
+        if outside:
+            raise ValueError(f"config_files must be paths relative to the repository root, inside it: {outside}")
+        return paths
+
+    @property
+    def service_name(self) -> str:
+        """The service's name: `service` when set, else the block's name."""
+        return self.service or getattr(self, "_block_document_name", None) or ""
 
     @property
     def repository_path(self) -> Path:
@@ -129,10 +155,15 @@ class ServiceTarget(Block):
         """Every field but the secret values (their names only): what a plan is made from."""
         fields = self.model_dump(mode="json", exclude={"command_secrets", "health_check_token",
                                                         "repository_credential"})
-        fields = {k: v for k, v in fields.items() if k in ServiceSpec.model_fields}
+        fields = {k: v for k, v in fields.items() if k in ServiceSpec.model_fields and k != "service"}
+        block = block_name or getattr(self, "_block_document_name", None) or self.service
+        if not block:
+            raise ValueError("A service target needs a name: save it as a block (its name is the service's), "
+                         "or set `service`.")
         return ServiceSpec(
             **fields,
-            block=block_name or getattr(self, "_block_document_name", None) or self.service,
+            service=self.service or block,
+            block=block,
             secret_env=sorted(self.command_secrets),
             health_check_token=self.health_check_token is not None,
             repository_credential=self.repository_credential is not None,

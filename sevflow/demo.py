@@ -94,8 +94,7 @@ def save_demo_blocks(demo: Demo) -> None:
 
     ApprovalPolicy(rules=[ApprovalRule(change_kind="*", approvers=[getpass.getuser()])]).save(
         DEMO_POLICY, overwrite=True)
-    ServiceTarget(
-        service=DEMO_SERVICE,
+    ServiceTarget(  # no `service`: the block's name is the service's name
         repository=str(demo.repo),
         branch="main",
         deploy_command=f"cp release.txt {shlex.quote(str(demo.live))}/release.txt",

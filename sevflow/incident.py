@@ -285,7 +285,7 @@ def _incident_facts(incident_id: str, runs: list[Any], ending: Ending | None = N
     ends = [r.end_time for r in runs if r.end_time] + ([ending.at] if ending else [])
     outcome = _run_outcome(runs[-1], ending)
     facts = records.PostmortemFacts(
-        incident_id=incident_id, procedure=", ".join(dict.fromkeys(r.name for r in runs)),
+        incident_id=incident_id, procedure=", ".join(dict.fromkeys(_flow_names(runs))),
         service=tags.get("service", "?"), severity=Severity.parse(tags.get("sev", "4")),
         started_at=min(starts) if starts else utcnow(), ended_at=max(ends) if ends else utcnow(), outcome=outcome,
         first_alert_at=next((e.at for e in entries if e.kind == "alert"), None),
@@ -295,6 +295,17 @@ def _incident_facts(incident_id: str, runs: list[Any], ending: Ending | None = N
                           and e.details.get("verdict") in ("counted", "rejected")), None),
     )
     return records.apply_edit(facts, read_postmortem_edit(runs))
+
+
+def _flow_names(runs: list[Any]) -> list[str]:
+    """The procedure (flow) each run ran, in order: what the post-mortem names, not the run's
+    generated name."""
+    names: dict[Any, str] = {}
+    with get_client(sync_client=True) as client:
+        for run in runs:
+            if run.flow_id not in names:
+                names[run.flow_id] = client.read_flow(run.flow_id).name
+    return [names[run.flow_id] for run in runs]
 
 
 def _runs_of(incident_id: str) -> list[Any]:

@@ -166,6 +166,10 @@ class ServiceSpec(BlockReading):
                          "after drift gathers its facts afresh too); not part of the fingerprint")
 
     @property
+    def service_name(self) -> str:
+        return self.service
+
+    @property
     def repository_path(self) -> Path:
         return _checkout_path(self.repository)
 
@@ -841,6 +845,10 @@ class GitRestore(BaseModel):
     subject: str
     credentials_block: str | None = Field(default=None, description="remote repository: the service target "
                                           "block whose secret field reaches it")
+
+    @property
+    def service_name(self) -> str:
+        return self.service
 
     @property
     def repository_path(self) -> Path:

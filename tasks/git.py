@@ -90,7 +90,7 @@ def _open(target: Checkout) -> Iterator[Repo]:
 
 def _credentials_block(target: Checkout) -> str | None:
     if isinstance(target, ServiceTarget):
-        return target._block_document_name or target.service if target.repository_credential else None  # type: ignore[attr-defined]
+        return target._block_document_name or target.service_name if target.repository_credential else None  # type: ignore[attr-defined]
     return target.credentials_block
 
 
@@ -185,15 +185,15 @@ def _sync_cache(target: Checkout, env: dict[str, str]) -> None:
                     "+refs/heads/*:refs/remotes/origin/*")
     except GitCommandError as exc:
         raise PreflightError(
-            f"Could not fetch {url} for {target.service}: {_stderr(exc)}. Check `repository` (the address) and "
-            f"`repository_credential` in the {target.service!r} service target block, and that this worker "
+            f"Could not fetch {url} for {target.service_name}: {_stderr(exc)}. Check `repository` (the address) and "
+            f"`repository_credential` in the {target.service_name!r} service target block, and that this worker "
             "reaches the host. Nothing was changed."
         ) from exc
     try:
         _remote_git(path, env, "rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{target.branch}^{{commit}}")
     except GitCommandError as exc:
         raise PreflightError(
-            f"{url} has no branch {target.branch!r}. Check `branch` in the {target.service!r} service target "
+            f"{url} has no branch {target.branch!r}. Check `branch` in the {target.service_name!r} service target "
             f"block (`git ls-remote --heads {url}` lists the branches). Nothing was changed."
         ) from exc
     _remote_git(path, env, "checkout", "-q", "-f", "-B", target.branch, f"refs/remotes/origin/{target.branch}")
@@ -262,23 +262,23 @@ def _open_local(target: Checkout) -> Iterator[Repo]:
     path = target.repository_path
     if not path.is_dir():
         raise PreflightError(
-            f"The checkout of {target.service} is missing: {path} "
+            f"The checkout of {target.service_name} is missing: {path} "
             f"{'is not a directory' if path.exists() else 'does not exist'}. Clone the service "
-            f"there, or fix `repository` in the {target.service!r} service target block."
+            f"there, or fix `repository` in the {target.service_name!r} service target block."
         )
     try:
         repo = Repo(path)
     except (InvalidGitRepositoryError, NoSuchPathError) as exc:
         raise PreflightError(
-            f"{path} is not a git repository (no .git there), so {target.service} cannot be "
-            f"rolled back from it. Point `repository` in the {target.service!r} service target "
+            f"{path} is not a git repository (no .git there), so {target.service_name} cannot be "
+            f"rolled back from it. Point `repository` in the {target.service_name!r} service target "
             "block at the root of the service's git checkout."
         ) from exc
     try:
         if repo.bare:
             raise PreflightError(
                 f"{path} is a bare git repository: it has no working tree to deploy from. Point "
-                f"`repository` in the {target.service!r} service target block at a checkout."
+                f"`repository` in the {target.service_name!r} service target block at a checkout."
             )
         yield repo
     finally:
@@ -354,7 +354,7 @@ def _branch_head(repo: Repo, target: Checkout) -> str:
     except GitCommandError as exc:
         raise PreflightError(
             f"Branch {target.branch!r} does not exist or has no commits in {repo.working_tree_dir}. "
-            f"Check `branch` in the {target.service!r} service target block (`git branch -a` "
+            f"Check `branch` in the {target.service_name!r} service target block (`git branch -a` "
             "lists the branches there)."
         ) from exc
 
@@ -383,7 +383,7 @@ def _check_checkout(repo: Repo, target: Checkout) -> str:
     checked_out = repo.head.ref.name
     if checked_out != target.branch:
         raise PreflightError(
-            f"{path} has branch {checked_out!r} checked out, but {target.service} runs from "
+            f"{path} has branch {checked_out!r} checked out, but {target.service_name} runs from "
             f"{target.branch!r}. Run `git switch {target.branch}` there (or fix `branch` in the "
             "service target block), then re-run."
         )
@@ -427,9 +427,9 @@ def _config_path(target: Checkout, path: str) -> str:
     if normal(path) not in allowed:
         listed = ", ".join(target.config_files) if target.config_files else "none are configured"
         raise PreflightError(
-            f"{path!r} is not a configuration file sevflow may restore for {target.service} "
+            f"{path!r} is not a configuration file sevflow may restore for {target.service_name} "
             f"(allowed: {listed}). Use one of those, or add it to `config_files` in the "
-            f"{target.service!r} service target block."
+            f"{target.service_name!r} service target block."
         )
     return normal(allowed[normal(path)])
 
@@ -673,7 +673,7 @@ def config_history(target: Checkout, path: str, limit: int = 20) -> list[CommitI
             raise PreflightError(
                 f"{path} has no history on {target.branch!r} in {repo.working_tree_dir}: no commit "
                 "changed it. Check the path (relative to the repository root) in `config_files` "
-                f"of the {target.service!r} service target block."
+                f"of the {target.service_name!r} service target block."
             )
         return history
 
@@ -752,7 +752,7 @@ def commit_problems(target: Checkout) -> list[str]:
                                 f"refs/heads/{target.branch}:refs/heads/{target.branch}")
                 except GitCommandError as exc:
                     problems.append(f"{target.repository} does not accept a push from this worker ({_stderr(exc)}): "
-                                    f"check `repository_credential` in the {target.service!r} service target "
+                                    f"check `repository_credential` in the {target.service_name!r} service target "
                                     "block (it must allow writing to the branch)")
     except PreflightError as exc:
         problems.append(str(exc))

@@ -248,6 +248,8 @@ def target_changes_of(op: ShellCommand) -> list[str]:
 
     try:
         live = ServiceTarget.load(op.secrets_block)
+    except RuntimeError:  # Prefect's "failed validation"
+        return [f"the block {op.secrets_block!r} was edited and is no longer valid"]
     except ValueError:
         return [f"the block {op.secrets_block!r} was deleted"]
     if live.spec(op.secrets_block).fingerprint() == op.target_fingerprint:  # type: ignore[attr-defined]

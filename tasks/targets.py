@@ -43,6 +43,8 @@ def target_changes(planned: ServiceSpec) -> list[str]:
     sentence saying the block is gone; empty when it is unchanged."""
     try:
         live = ServiceTarget.load(planned.block)
+    except RuntimeError:  # Prefect's "failed validation": edited into something the block refuses
+        return [f"the service target block {planned.block!r} was edited and is no longer valid"]
     except ValueError:
         return [f"the service target block {planned.block!r} was deleted"]
     return live.spec(planned.block).changes_since(planned)  # type: ignore[attr-defined]

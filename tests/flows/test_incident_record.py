@@ -149,6 +149,8 @@ rules:
         (published,) = client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
             key=ArtifactCollectionFilterKey(any_=[f"{incident}-incident-postmortem"])))
     assert "Missing from the incident commander: root cause, impact, prevention, action items" in published.data
+    # It names the procedure its runs ran (both were application rollbacks), not the runs' generated names.
+    assert f"procedure `application-rollback` · service `{service.name}`" in published.data, published.data[:600]
     # A late alert: the first alert's resolution, after every run ended, joins the same incident.
     late = send(dict(errors, status="resolved"))
     assert (late["outcome"], late["incident_id"]) == ("resolved", incident)

@@ -105,8 +105,7 @@ def save_service_target(name: str, repo: ServiceRepo, health_url: str, *, deploy
 
     from sevflow.blocks import ServiceTarget
 
-    fields: dict[str, object] = dict(
-        service=name,
+    fields: dict[str, object] = dict(  # no `service`: the block's name is the service's (set it to differ)
         repository=str(repo.path),
         branch="main",
         build_command=build_command,
