@@ -120,11 +120,11 @@ def test_every_procedure_starts_from_its_run_form_with_typed_parameters(
             # Every parameter is there with its description.
             for name, prop in schema["properties"].items():
                 assert prop.get("description"), (flow_name, name)
-                shown = _shown(form.field(name).inner_text())
-                assert _shown(prop["description"])[:60] in shown, (flow_name, name, shown)
+                # (waits: the form draws its descriptions after its fields)
+                expect(form.field(name)).to_contain_text(_shown(prop["description"])[:60])
             # Severity is a choice of the four levels, each explained.
             assert form.choose("severity", "SEV-3") == SEVERITIES, flow_name
-            assert "SEV-1 critical" in _shown(form.field("severity").inner_text())
+            expect(form.field("severity")).to_contain_text("SEV-1 critical")
             form.type(target, unknown)
             form.type("reason", f"typed in the {deployment['name']} Run form")
             page.screenshot(path=str(tmp_path / f"{flow_name}-run-form.png"), full_page=True)
