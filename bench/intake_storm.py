@@ -250,6 +250,12 @@ def main() -> None:
         wait_healthy(api, server)
         env = server_environment(home / "prefect", port) | {"PREFECT_API_URL": api, "SEVFLOW_HOME": str(home)}
         os.environ.update(PREFECT_API_URL=api)
+        # Prefect read its settings when it was imported: say which server this process talks to
+        # (without it the blocks below went to a temporary server of Prefect's own).
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        settings = temporary_settings(updates={PREFECT_API_URL: api})
+        settings.__enter__()
         register_procedures(api)
         from pydantic import SecretStr
 
