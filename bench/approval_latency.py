@@ -37,6 +37,7 @@ The bench reacts to a pause by polling every 50 ms, so "whole run" includes that
 from __future__ import annotations
 
 import argparse
+import re
 import os
 import shutil
 import signal
@@ -344,7 +345,7 @@ def sevflow_run(root: Path, policy: str, deployment: str = "application-rollback
     from sevflow.gate import answer_gate
 
     def run_once(i: int) -> Sample:
-        service = BenchService(root / f"{deployment.replace('/', '-')}-{i}")
+        service = BenchService(root / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', deployment)}-{i}")  # a shell-safe folder
         try:
             run_id, started = start_run(
                 deployment, {"service": service.name, "severity": "SEV-1", "policy": policy, "reason": "bench"},
