@@ -15,11 +15,13 @@ from pydantic import SecretStr
 from sevflow.errors import DriftError
 from sevflow.gate import answer_gate
 from sevflow.models import GitRestore
+from sevflow.tasks.orchestrator import read_records
 from sevflow.versions import remote_cache_path
 from tests.conftest import DEPLOY_TOKEN, HEALTH_TOKEN, start, wait_final, wait_paused
 from tests.support.git_http import GitHttpRemote
 from tests.support.repos import BUILD, RemoteRepo, git, make_remote_repo, save_service_target
 from tests.support.services import HealthApp
+from tests.support.wait import until
 
 REPO_PASSWORD = "repo-pw-5c1e9a7f3d"  # a secret: must appear in no log, artifact or cache file
 
@@ -134,8 +136,10 @@ def test_remote_moved_after_approval_is_refused_and_the_remote_is_unchanged(
         run = wait_paused(run_id)
     assert run.state.state_details.pause_key.startswith("rollback-2-")
     assert remote.refs() == moved_refs and remote.head() == moved
-    texts = " ".join(_run_texts(run_id))
-    assert f"moved from {work.commits['v3'][:12]} to {moved[:12]}" in texts
+    said = f"moved from {work.commits['v3'][:12]} to {moved[:12]}"
+    # The drift is on the run's timeline at once; its log line arrives with the next log batch.
+    until(lambda: any(said in (v.get("description") or "") for v in read_records(run_id).values())
+          and said in " ".join(_run_texts(run_id)), 60, what="the run to say what moved")
 
     answer_gate(run_id, "reject", "bob", "leave it")
     final = wait_final(run_id)

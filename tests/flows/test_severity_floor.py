@@ -13,6 +13,7 @@ from sevflow.models import RECORD_PREFIX
 from sevflow.tasks.orchestrator import read_record
 from tests.conftest import Service, read_run, start, wait_final, wait_paused
 from tests.flows.test_plans import _request
+from tests.support.wait import until
 
 RAISED = f"{RECORD_PREFIX}001-severity-raised"
 
@@ -42,7 +43,7 @@ def test_a_run_below_the_service_floor_runs_at_the_floor_and_a_higher_one_stays(
     raised = (f"severity raised from SEV-4 to SEV-2: approval policy {service.policy!r} sets SEV-2 as the "
               f"minimum for {service.name}")
     assert read_record(low, RAISED)["description"] == raised
-    assert raised in run_log(low)
+    until(lambda: raised in run_log(low), 60, what="the run's log to say its severity was raised")  # logs ship in batches
     tags = read_run(low).tags
     assert "sev:2" in tags and "sev:4" not in tags
     request = _request(low, "rollback")

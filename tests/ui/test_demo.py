@@ -167,9 +167,16 @@ def test_demo_rollback_started_and_approved_in_the_ui_turns_health_green(up_demo
             page.get_by_role("option").filter(has_text=re.compile("^approve$")).click()
             ui.text_field(dialog, "Your name").fill(me)
             ui.text_field(dialog, "Reason").fill("release 1 was healthy")
+            expect(ui.decision_shown(dialog)).to_have_text(re.compile(r"^\s*approve\s*$"))
+            expect(ui.text_field(dialog, "Your name")).to_have_value(me)
             page.screenshot(path=str(tmp_path / "2-resume-form.png"), full_page=True)
             dialog.get_by_role("button", name=ui.submit, exact=True).click()
-            expect(dialog).to_be_hidden()
+            # The form closes once the server took the answer (slow on a loaded machine).
+            try:
+                expect(dialog).to_be_hidden(timeout=90_000)
+            except AssertionError as e:
+                raise AssertionError(f"the Resume form was not sent; it shows: {dialog.inner_text()[:2000]}; "
+                                     f"run: {_run(up_demo.api, run_id)['state']}") from e
 
             until(lambda: _run(up_demo.api, run_id)["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"},
                   180, 0.3, what="the demo rollback to finish")
