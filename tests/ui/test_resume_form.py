@@ -141,6 +141,13 @@ def rollback_run(service: Service, worker: Any) -> str:
 def page(rollback_run: str) -> Iterator[Any]:
     # Opened after the service's blocks are saved and its run is started, since Prefect calls
     # made while it is open need off_loop; hence one browser per test, not per module.
+    with desktop_page() as opened:
+        yield opened
+
+
+@contextmanager
+def desktop_page() -> Iterator[Any]:
+    """A page in a desktop-sized window of Debian's chromium that reaches only this machine."""
     if not os.access(CHROMIUM, os.X_OK):
         # ./dev test installs chromium or deselects these tests (-m "not ui") loudly; a run
         # that reaches here without a browser proved nothing, so it fails.

@@ -26,7 +26,7 @@ from tests.conftest import Service, wait_final
 from tests.flows.test_plans import records
 from tests.support.wait import until
 from tests.ui.test_resume_form import (
-    CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, UIS, ClassicUI, expect, off_loop, playwright_api, screenshot_on_failure,
+    UIS, desktop_page, expect, off_loop, screenshot_on_failure,
     ui_settings,  # noqa: F401 - the module-scoped fixture, shared with the Resume form's tests
 )
 
@@ -39,19 +39,8 @@ SEVERITIES = ["SEV-1", "SEV-2", "SEV-3", "SEV-4"]
 
 @pytest.fixture
 def browser_page() -> Iterator[Any]:
-    import os
-
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"no chromium at {CHROMIUM}: apt-get install chromium, or run with -m 'not ui'")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            context.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/])"), lambda route: route.abort())
-            context.set_default_timeout(TIMEOUT_MS)
-            yield context.new_page()
-        finally:
-            browser.close()
+    with desktop_page() as page:
+        yield page
 
 
 def _deployment(api: str, flow_name: str) -> dict[str, Any]:
