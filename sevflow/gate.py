@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
+import httpx
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
@@ -605,6 +606,30 @@ def escalate_gate(flow_run_id: str, request: GateRequest, now: datetime) -> str 
     return _expire(run, request)
 
 
+def post_answer(client: Any, run: Any, run_input: dict[str, Any], wait_seconds: float = 30.0) -> dict[str, Any]:
+    """Resume `run` with `run_input` once its form is stored; returns the server's verdict body.
+
+    Prefect marks a run Paused before it stores the form's schema (`suspend_flow_run` proposes
+    the state, then saves the schema), and refuses a resume in between with "Run input schema
+    not found". CI met that moment under load: an answer given then waits (up to
+    `wait_seconds`) for the form instead of being refused or, for a one-use link, used up.
+    """
+    keyset = (run.state.state_details.run_input_keyset or {}) if run.state else {}
+    schema_key = keyset.get("schema")
+    deadline = time.monotonic() + wait_seconds
+    while schema_key:
+        try:
+            client.read_flow_run_input(run.id, schema_key)
+            break
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 404 or time.monotonic() >= deadline:
+                break
+        time.sleep(0.1)
+    response = client.request("POST", "/flow_runs/{id}/resume", path_params={"id": str(run.id)},
+                              json={"run_input": run_input})
+    return response.json()
+
+
 def _expire(run: Any, request: GateRequest) -> str | None:
     """Answer the gate `expired` through the same resume call people use.
 
@@ -616,12 +641,9 @@ def _expire(run: Any, request: GateRequest) -> str | None:
     reason = (f"No decision after {len(request.tiers)} escalation tier(s) and {waited:.0f}s: "
               "documented and waiting on a human decision.")
     with get_client(sync_client=True) as client:
-        response = client.request(
-            "POST", "/flow_runs/{id}/resume", path_params={"id": str(run.id)},
-            json={"run_input": {"decision": "reject", "approver": EXPIRED_BY, "reason": reason,
-                                "plan_digest": request.digest}},
-        )
-    status = response.json().get("status")
+        body = post_answer(client, run, {"decision": "reject", "approver": EXPIRED_BY, "reason": reason,
+                                         "plan_digest": request.digest})
+    status = body.get("status")
     if status != "ACCEPT":
         # Answered (or resumed) meanwhile: that answer stands.
         return None
@@ -699,10 +721,7 @@ def answer_gate(flow_run_id: str, decision: Literal["approve", "reject"], approv
             message = identity.answer_message(run=str(run.id), gate=gate, plan=digest, decision=decision,
                                               approver=approver, reason=reason, signed_at=signed_at)
             run_input |= {"signature": identity.sign(message, Path(key)), "signed_at": signed_at}
-        response = client.request(
-            "POST", "/flow_runs/{id}/resume", path_params={"id": flow_run_id}, json={"run_input": run_input},
-        )
-    body = response.json()
+        body = post_answer(client, run, run_input)
     if body.get("status") != "ACCEPT":
         details = body.get("details") or {}
         raise AnswerRefused(f"The server refused the answer ({body.get('status')}): {details.get('reason', details)}")

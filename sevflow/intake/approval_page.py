@@ -126,6 +126,7 @@ def _answer(run_id: str, link_id: str, token: str, decision: str, reason: str) -
 
     from prefect.client.orchestration import get_client
 
+    from sevflow.gate import post_answer
     from sevflow.tasks.orchestrator import read_record, write_record
 
     record, request = _check(run_id, link_id, token)
@@ -138,9 +139,7 @@ def _answer(run_id: str, link_id: str, token: str, decision: str, reason: str) -
     run_input = {"decision": decision, "approver": record.approver, "reason": reason,
                  "plan_digest": record.plan_digest, "link_id": link_id, "link_proof": links.proof_of(token)}
     with get_client(sync_client=True) as client:
-        response = client.request("POST", "/flow_runs/{id}/resume", path_params={"id": run_id},
-                                  json={"run_input": run_input})
-    body = response.json()
+        body = post_answer(client, run, run_input)
     if body.get("status") != "ACCEPT":
         details = body.get("details") or {}
         raise Refused(409, "The run did not take the answer",

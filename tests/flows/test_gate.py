@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from sevflow.flows.approval_escalation import approval_escalation
@@ -107,6 +108,56 @@ def test_people_cannot_answer_expired_through_the_resume_form(service: Service, 
     wait_paused(run_id, gate_answer=1)
     answer_gate(run_id, "reject", "alice", "cleanup")
     assert wait_final(run_id).state.name == "Rejected"
+
+
+def test_an_answer_given_before_the_form_is_stored_waits_for_it(stack) -> None:
+    """Prefect marks a run Paused, then stores the form's schema; a resume in between is refused
+    ("Run input schema not found", met in CI under load). An answer given then must wait and land."""
+    import contextvars
+    import threading
+    import time
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.input import RunInput, keyset_from_paused_state
+    from prefect.states import Suspended
+
+    class Form(RunInput):  # no gate request is stored for this run, so the digest sent is empty
+        decision: str
+        approver: str
+        reason: str
+        plan_digest: str
+
+    @flow(name="sevflow-test-paused-elsewhere")
+    def paused_elsewhere() -> None:
+        pass
+
+    state = Suspended(timeout_seconds=600, pause_key="between-answer-1")
+    keyset = keyset_from_paused_state(state)
+    state.state_details.run_input_keyset = keyset
+    with get_client(sync_client=True) as client:  # a deployment no worker serves: resuming reschedules it
+        deployment_id = client.create_deployment(flow_id=client.create_flow(paused_elsewhere), name="nobody-serves")
+        run = client.create_flow_run_from_deployment(deployment_id, state=state)
+    outcome: dict[str, object] = {}
+
+    def answer() -> None:
+        try:
+            outcome["said"] = answer_gate(str(run.id), "approve", "alice", "early", wait_seconds=0.5)
+        except Exception as exc:  # noqa: BLE001 - the assertion below shows it
+            outcome["error"] = exc
+
+    answering = threading.Thread(target=contextvars.copy_context().run, args=(answer,))  # with the test's server
+    answering.start()
+    time.sleep(0.5)  # the answer is given while the form is not stored yet
+    assert read_run(str(run.id)).state.type.value == "PAUSED" and "error" not in outcome
+    Form.save(keyset, flow_run_id=run.id)
+    answering.join(timeout=60)
+    assert "error" not in outcome, outcome.get("error")
+    after = read_run(str(run.id))
+    assert after.state.type.value != "PAUSED"
+    with get_client(sync_client=True) as client:
+        given = json.loads(client.read_flow_run_input(run.id, keyset["response"]))
+    assert given["approver"] == "alice" and given["decision"] == "approve" and given["reason"] == "early"
 
 
 def test_kill_9_of_the_worker_while_a_gate_waits(service: Service, worker) -> None:
