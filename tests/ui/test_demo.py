@@ -99,6 +99,13 @@ def _health(url: str) -> int | None:
         return None
 
 
+def close_toasts(page: Any) -> None:
+    """Close the UI's error toasts ("Oops. Something went wrong.") so they cover no button."""
+    for close in page.locator(".p-toast-container").get_by_role("button", name="Close").all():
+        with contextlib.suppress(Exception):
+            close.click(timeout=2_000)
+
+
 def test_demo_rollback_started_and_approved_in_the_ui_turns_health_green(up_demo: UpDemo, tmp_path: Path) -> None:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"no chromium at {CHROMIUM}: apt-get install chromium, or run with -m 'not ui'")
@@ -156,9 +163,7 @@ def test_demo_rollback_started_and_approved_in_the_ui_turns_health_green(up_demo
                     if attempt == 2:
                         raise AssertionError(f"the Run form was not sent; server errors: {errors}; "
                                              f"it shows: {page.inner_text('body')[:2000]}") from e
-                    for close in page.get_by_role("button", name="Close").all():
-                        with contextlib.suppress(Exception):
-                            close.click(timeout=2_000)
+                    close_toasts(page)
             runs = until(lambda: _runs_of(up_demo.api, deployment_id), 120, 0.3, what="the run the form created")
             assert len(runs) == 1, runs
             run_id = runs[0]["id"]
@@ -200,6 +205,7 @@ def test_demo_rollback_started_and_approved_in_the_ui_turns_health_green(up_demo
                     if attempt == 2 or not waiting:
                         raise AssertionError(f"the Resume form was not sent; it shows: {dialog.inner_text()[:2000]}; "
                                              f"run: {state}; server errors: {errors}") from e
+                    close_toasts(page)
 
             until(lambda: _run(up_demo.api, run_id)["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"},
                   180, 0.3, what="the demo rollback to finish")
