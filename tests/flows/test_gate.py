@@ -113,14 +113,15 @@ def test_people_cannot_answer_expired_through_the_resume_form(service: Service, 
 def test_an_answer_given_before_the_form_is_stored_waits_for_it(stack) -> None:
     """Prefect marks a run Paused, then stores the form's schema; a resume in between is refused
     ("Run input schema not found", met in CI under load). An answer given then must wait and land."""
-    import contextvars
     import threading
-    import time
 
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.input import RunInput, keyset_from_paused_state
+    from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Suspended
+
+    from tests.support.proxy import CountingProxy
 
     class Form(RunInput):  # no gate request is stored for this run, so the digest sent is empty
         decision: str
@@ -139,19 +140,27 @@ def test_an_answer_given_before_the_form_is_stored_waits_for_it(stack) -> None:
         deployment_id = client.create_deployment(flow_id=client.create_flow(paused_elsewhere), name="nobody-serves")
         run = client.create_flow_run_from_deployment(deployment_id, state=state)
     outcome: dict[str, object] = {}
+    # The answer goes through a counting proxy: the test sees it ask for the form, and wait.
+    proxy = CountingProxy(stack.api_url[: -len("/api")])
+    asked = f"GET /api/flow_runs/{run.id}/input/{keyset['schema']}"
 
     def answer() -> None:
         try:
-            outcome["said"] = answer_gate(str(run.id), "approve", "alice", "early", wait_seconds=0.5)
+            with temporary_settings(updates={PREFECT_API_URL: proxy.api_url}):
+                outcome["said"] = answer_gate(str(run.id), "approve", "alice", "early", wait_seconds=0.5)
         except Exception as exc:  # noqa: BLE001 - the assertion below shows it
             outcome["error"] = exc
 
-    answering = threading.Thread(target=contextvars.copy_context().run, args=(answer,))  # with the test's server
+    answering = threading.Thread(target=answer)
     answering.start()
-    time.sleep(0.5)  # the answer is given while the form is not stored yet
-    assert read_run(str(run.id)).state.type.value == "PAUSED" and "error" not in outcome
-    Form.save(keyset, flow_run_id=run.id)
-    answering.join(timeout=60)
+    try:
+        until(lambda: proxy.counts[asked] >= 2 or "error" in outcome, what="the answer to ask for the form twice")
+        assert "error" not in outcome, outcome.get("error")  # it did not resume yet, nor give up
+        assert read_run(str(run.id)).state.type.value == "PAUSED"
+        Form.save(keyset, flow_run_id=run.id)
+        answering.join(timeout=60)
+    finally:
+        proxy.close()
     assert "error" not in outcome, outcome.get("error")
     after = read_run(str(run.id))
     assert after.state.type.value != "PAUSED"
