@@ -64,7 +64,8 @@ def intake(
     from pathlib import Path
 
     # The intake retries every call to Prefect itself, sooner and with its own backoff; the
-    # client's own retries (2 s and more) would only hold a lane and delay runs. And it never
+    # client's own retries (2 s and more) would only hold a lane and delay runs (the sleep the
+    # client still takes after its last attempt is cut by `sevflow.intake.app._answer_at_once`). And it never
     # starts Prefect's temporary server: it needs the one the procedures run on. Set before
     # Prefect is imported.
     os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "0")
