@@ -464,17 +464,12 @@ async def _read_body(headers: Headers, receive: Receive) -> bytes | None:
 
 
 async def _read_limited(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY:
-        raise PayloadError(f"body is {int(declared)} bytes; the limit is {MAX_BODY} (1 MiB)", 413)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise PayloadError(f"body is over the limit of {MAX_BODY} bytes (1 MiB)", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    from starlette.requests import ClientDisconnect
+
+    body = await _read_body(request.headers, request.receive)
+    if body is None:
+        raise ClientDisconnect()
+    return body
 
 
 def require_prefect(wait: float = 5.0) -> str:
