@@ -24,7 +24,10 @@ It prints, per endpoint: accepted/s (and each storm's ratio), p50 and p99 latenc
 accepted alert reached Prefect, the runs created (must be --incidents per storm; the run-creation
 requests are counted too, by a proxy in front of Prefect's API, with what Prefect answered),
 the alerts lost (accepted but not stored and delivered; must be 0) and the `sevflow.alert.*`
-events Prefect holds (must equal the accepted alerts).
+events Prefect holds (the deliveries they count must equal the accepted alerts; an alert's
+repeats that one delivery pass carries share one event). It also prints the CPU seconds each
+process used during each storm. Between storms the storm's runs, which nothing serves here, are
+cancelled (left Scheduled, Prefect marks them Late during a later storm).
 
 Then, alert → Running: the storm's runs are cancelled, a worker (`sevflow serve`, as `sevflow
 up` starts it) serves the procedures, and `--latency-samples` alerts, each a new incident, are
@@ -147,12 +150,21 @@ def quiet(pids: list[int], below: float = 0.15, timeout: float = 120) -> None:
     print(f"  (the machine did not go quiet within {timeout:.0f} s; measuring anyway)", flush=True)
 
 
-def count_events(client: httpx.Client) -> int:
+def count_events(client: httpx.Client) -> tuple[int, int]:
+    """The `sevflow.alert.*` events Prefect holds, and the deliveries they count (an alert's repeats
+    that one delivery pass carried share one event: payload `repeats`)."""
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3 * 3600))
-    r = client.post("/events/count-by/event", json={
-        "filter": {"event": {"prefix": ["sevflow.alert."]}, "occurred": {"since": since}}, "time_unit": "hour"})
-    r.raise_for_status()
-    return sum(c["count"] for c in r.json())
+    r = client.post("/events/filter", json={"filter": {"event": {"prefix": ["sevflow.alert."]},
+                                                       "occurred": {"since": since}}, "limit": 50})
+    events = deliveries = 0
+    while True:
+        r.raise_for_status()
+        page = r.json()
+        events += len(page["events"])
+        deliveries += sum(e["payload"].get("repeats", 1) for e in page["events"])
+        if not page.get("next_page"):
+            return events, deliveries
+        r = client.get(page["next_page"])
 
 
 def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -177,15 +189,17 @@ def _percentiles(values: list[float]) -> dict[str, float]:
             "max": values[-1]}
 
 
-def measure_latency(api: str, env: dict[str, str], home: Path, intake_port: int, samples: int,
-                    children: list[subprocess.Popen[bytes]]) -> dict[str, dict[str, float]]:
-    """Alert → Running through the intake, beside API create → Running (the baseline)."""
-    from datetime import datetime
-
-    with httpx.Client(base_url=api, timeout=30) as client:
-        # the storm's runs would all start now: cancel them first
-        for run in client.post("/flow_runs/filter", json={"flow_runs": {"tags": {"all_": ["sevflow-intake"]}},
-                                                          "limit": 200}).json():
+def cancel_storm_runs(client: httpx.Client) -> int:
+    """Cancel the runs the storms opened that nobody has taken (nothing serves them during the
+    storms). Left Scheduled, Prefect's late-run service marks them Late 15 s on, in the middle of
+    a later storm: on the embedded SQLite server that contends with the intake's writes ("database
+    is locked", ~1,000 logged tracebacks in one 2-storm run, 1-3 s of the server's CPU), work no
+    served deployment causes and the bare endpoint never pays for."""
+    cancelled = 0
+    while runs := client.post("/flow_runs/filter", json={"flow_runs": {
+            "tags": {"all_": ["sevflow-intake"]}, "state": {"type": {"any_": ["SCHEDULED", "PENDING"]}}},
+            "limit": 200}).json():
+        for run in runs:
             for _ in range(50):  # a busy SQLite server answers 503 for a moment
                 r = client.post(f"/flow_runs/{run['id']}/set_state",
                                 json={"state": {"type": "CANCELLED", "name": "Cancelled"}, "force": True})
@@ -193,6 +207,17 @@ def measure_latency(api: str, env: dict[str, str], home: Path, intake_port: int,
                     r.raise_for_status()
                     break
                 time.sleep(0.2)
+            cancelled += 1
+    return cancelled
+
+
+def measure_latency(api: str, env: dict[str, str], home: Path, intake_port: int, samples: int,
+                    children: list[subprocess.Popen[bytes]]) -> dict[str, dict[str, float]]:
+    """Alert → Running through the intake, beside API create → Running (the baseline)."""
+    from datetime import datetime
+
+    with httpx.Client(base_url=api, timeout=30) as client:
+        cancel_storm_runs(client)  # the storm's runs would all start now
         log = (home / "worker.log").open("ab")
         children.append(subprocess.Popen(
             [sys.executable, "-m", "sevflow", "serve", "--limit", "20", "--poll", "0.2", "--escalation-interval", "0"],
@@ -349,6 +374,8 @@ def main() -> None:
         # Each storm starts on a quiet machine: once the intake has delivered what it accepted
         # before and Prefect has done its work on it, so that work counts against the intake's own
         # storm, never the bare side's. Within its storm the intake pays for everything it causes.
+        processes = {"sender (this process)": os.getpid(), "bare": children[-2].pid, "sevflow intake": intake.pid,
+                     "Prefect server": server.pid, "counting proxy": children[-3].pid}
         pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
         drains: list[float] = []
         for r in range(args.repeat):
@@ -357,9 +384,16 @@ def main() -> None:
             results = {}
             for name, at in (order if r % 2 == 0 else order[::-1]):
                 quiet([server.pid, intake.pid])
+                before = {k: cpu_seconds(pid) for k, pid in processes.items()}
                 results[name] = asyncio.run(storm(at, "/alerts/generic", bodies, args.concurrency))
+                used = {k: cpu_seconds(pid) - before[k] for k, pid in processes.items()}
+                results[name]["cpu"] = used
+                print(f"    {name}: {results[name]['rate']:.0f}/s in {results[name]['elapsed']:.2f} s; CPU seconds "
+                      f"during the storm: " + ", ".join(f"{k} {v:.2f}" for k, v in used.items() if v >= 0.01), flush=True)
                 if name == "ours":
                     drains.append(drain())
+                    with httpx.Client(base_url=api, timeout=30) as client:
+                        cancel_storm_runs(client)
             pairs.append((results["bare"], results["ours"]))
             print(f"  storm {r + 1}/{args.repeat}: bare {results['bare']['rate']:.0f}/s, sevflow "
                   f"{results['ours']['rate']:.0f}/s, ratio {results['ours']['rate'] / results['bare']['rate']:.2f}",
@@ -374,17 +408,18 @@ def main() -> None:
         with httpx.Client(base_url=api, timeout=30) as client:
             runs = client.post("/flow_runs/count", json={"flow_runs": {"tags": {"all_": ["sevflow-intake"]}}}).json()
             # Prefect writes received events to its database in the background: wait for it.
-            events, settle = -1, time.monotonic() + 120
+            events, counted, settle = -1, -1, time.monotonic() + 120
             while time.monotonic() < settle:
-                events = count_events(client)
-                if events >= ours["accepted"]:
+                events, counted = count_events(client)
+                if counted >= ours["accepted"]:
                     break
                 time.sleep(1)
         lost = ours["accepted"] - stored_delivered
         seen = httpx.get(f"http://127.0.0.1:{proxy_port}/_proxy/creates", timeout=10).json()
         creates, create_answers = len(seen["creates"]), seen["answers"]
         created = create_answers.get("201", 0) + create_answers.get("200", 0)
-        latency = measure_latency(api, env, home, intake_port, args.latency_samples, children)
+        latency = (measure_latency(api, env, home, intake_port, args.latency_samples, children)
+                   if args.latency_samples else None)
 
         print()
         print(f"{'':28}{'bare 202 endpoint':>20}{'sevflow intake':>18}")
@@ -404,19 +439,24 @@ def main() -> None:
               f"with a run: {created} (must be {expected}); all run-creation requests: {creates}, Prefect answered "
               f"{create_answers} (a 503 is SQLite busy: retried)")
         print(f"alerts lost: {lost} (must be 0)")
-        print(f"sevflow.alert.* events in Prefect: {events} (accepted: {ours['accepted']})")
-        print()
-        print(f"alert -> Running, {args.latency_samples} new incidents one at a time, embedded server (SQLite):")
-        print(f"{'':28}{'baseline: API create':>20}{'sevflow: alert POST':>20}")
-        for name in ("median", "p90", "max"):
-            print(f"{name + ' (s)':28}{latency['baseline'][name]:>20.3f}{latency['sevflow'][name]:>20.3f}")
-        spread = latency["sevflow"]["p90"] / latency["sevflow"]["median"]
-        print(f"sevflow p90 / median: {spread:.2f}  (goal: <= 1.50); baseline p90 / median: "
-              f"{latency['baseline']['p90'] / latency['baseline']['median']:.2f}; sevflow median / baseline median: "
-              f"{latency['sevflow']['median'] / latency['baseline']['median']:.2f}")
+        print(f"sevflow.alert.* events in Prefect: {events}, counting {counted} deliveries (accepted: "
+              f"{ours['accepted']}; an alert's repeats in one delivery pass share an event)")
+        spread = None
+        if latency is not None:
+            print()
+            print(f"alert -> Running, {args.latency_samples} new incidents one at a time, embedded server (SQLite):")
+            print(f"{'':28}{'baseline: API create':>20}{'sevflow: alert POST':>20}")
+            for name in ("median", "p90", "max"):
+                print(f"{name + ' (s)':28}{latency['baseline'][name]:>20.3f}{latency['sevflow'][name]:>20.3f}")
+            spread = latency["sevflow"]["p90"] / latency["sevflow"]["median"]
+            print(f"sevflow p90 / median: {spread:.2f}  (goal: <= 1.50); baseline p90 / median: "
+                  f"{latency['baseline']['p90'] / latency['baseline']['median']:.2f}; sevflow median / baseline median: "
+                  f"{latency['sevflow']['median'] / latency['baseline']['median']:.2f}")
         checks = {"ratio >= 0.5": ratio >= 0.5, "p99 <= 100 ms": ours["p99"] <= 100,
                   "runs == incidents": runs == expected, "one creation per incident": created == expected,
-                  "0 lost": lost == 0, "every event": events == ours["accepted"], "p90 <= 1.5 median": spread <= 1.5}
+                  "0 lost": lost == 0, "every delivery counted in events": counted == ours["accepted"]}
+        if spread is not None:  # --latency-samples 0: the storm alone
+            checks["p90 <= 1.5 median"] = spread <= 1.5
         print("checks:", ", ".join(f"{k}: {'ok' if v else 'NOT OK'}" for k, v in checks.items()))
         ok = all(checks.values())
         print("RESULT:", "ok" if ok else "NOT OK")

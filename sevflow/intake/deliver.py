@@ -7,7 +7,13 @@ For each stored alert (oldest first), on the alert's incident:
 - write the alert onto the run as a durable timeline record (once per identity, status and
   episode; exact re-deliveries add nothing);
 - emit `sevflow.alert.firing` / `sevflow.alert.resolved` on the incident's resource, with a
-  deterministic event id, so a retried batch is stored once.
+  deterministic event id, so a retried batch is stored once. Each alert's first delivery (per
+  identity, status and episode) has an event of its own; the repeats of it that one pass carries
+  share one event, whose payload counts them (`repeats`, with the first and last `intake_seq`):
+  a sender re-sending in a loop is a storm of writes the orchestrator's database (which also
+  holds the waiting approvals) need not take, and the store keeps every delivery. The sum of
+  `repeats` over the events is the number of deliveries (a repeat group whose batch was acked
+  but whose ack was lost can be counted twice when the retry groups it differently).
 
 An alert is marked delivered only when all three are done. When Prefect is down or answers
 503, the lane of that incident stops at the alert that failed and the pass ends; the next
@@ -84,6 +90,12 @@ class Deliverer:
         self.pass_spacing = 0.5
         self._namespace = uuid.UUID(hashlib.md5(store.store_id.encode()).hexdigest())
         self._opening: dict[str, asyncio.Future[None]] = {}
+        # Run creations go to Prefect one at a time (the opener's and the delivery lanes'):
+        # concurrent ones collided in its database (on SQLite: 503 "database is locked", ~1.2
+        # refused per run created in a storm of 50 new incidents, each refused create costing the
+        # server nearly a whole one, CPU the intake then lacked); one at a time, 0.1-0.2 per run,
+        # and the storm's 50 runs were all created within 3.6 s of its start instead of 3.3.
+        self._creating = asyncio.Semaphore(1)
 
     async def run(self) -> None:
         failures = 0
@@ -168,24 +180,34 @@ class Deliverer:
         delivered alerts (to mark once the events are in) and whether one failed."""
         async with gate:
             done: list[int] = []
-            for row in rows:
-                try:
-                    events.append(await self._deliver(client, row))
-                except Exception as exc:
-                    error = f"{type(exc).__name__}: {exc}"
-                    if permanent(exc):  # retrying cannot help: a dead letter, and the lane goes on
-                        log.error("Prefect refused alert #%d (incident %s) for good: %s. It is kept as a dead "
-                                  "letter (see /healthz or `sevflow intake-dead-letters`).", row.seq,
-                                  row.incident_id, error)
-                        await self.store.dead([row.seq], error)
-                        continue
-                    self._trouble(error, row)
-                    await self.store.failed(row.seq, error)
-                    return done, True  # keep this incident's order: nothing after it goes first
-                done.append(row.seq)
-            return done, False
+            repeats: dict[str, list[Pending]] = {}  # identity, status and episode -> this pass's repeats
+            incident: Incident | None = None
+            try:
+                for row in rows:
+                    try:
+                        incident = await self._deliver(client, row)
+                    except Exception as exc:
+                        error = f"{type(exc).__name__}: {exc}"
+                        if permanent(exc):  # retrying cannot help: a dead letter, and the lane goes on
+                            log.error("Prefect refused alert #%d (incident %s) for good: %s. It is kept as a "
+                                      "dead letter (see /healthz or `sevflow intake-dead-letters`).", row.seq,
+                                      row.incident_id, error)
+                            await self.store.dead([row.seq], error)
+                            continue
+                        self._trouble(error, row)
+                        await self.store.failed(row.seq, error)
+                        return done, True  # keep this incident's order: nothing after it goes first
+                    if row.repeat:
+                        repeats.setdefault(_seen_key(row.alert), []).append(row)
+                    else:
+                        events.append(self._event(incident, [row]))
+                    done.append(row.seq)
+                return done, False
+            finally:  # the repeats delivered so far: one event per alert, status and episode
+                if incident is not None:
+                    events.extend(self._event(incident, group) for group in repeats.values())
 
-    async def _deliver(self, client: PrefectClient, row: Pending) -> dict[str, Any]:
+    async def _deliver(self, client: PrefectClient, row: Pending) -> Incident:
         assert row.incident_id is not None
         incident = self.store.incident(row.incident_id)
         if incident is None:
@@ -195,7 +217,7 @@ class Deliverer:
         assert incident.flow_run_id is not None
         if not row.repeat:
             await self._record(client, incident, row)
-        return self._event(incident, row)
+        return incident
 
     async def _start_run(self, client: PrefectClient, incident: Incident, row: Pending) -> None:
         """Create the incident's run, once: a second caller waits for the first one's creation."""
@@ -225,17 +247,18 @@ class Deliverer:
         }
         for delay in (*CREATE_RETRIES, None):
             try:
-                flow_run = await client.create_flow_run_from_deployment(
-                    deployment_id, parameters=parameters, idempotency_key=f"sevflow-intake/{incident.incident_id}",
-                    # The alert's severity, a floor the run cannot go below (set at creation: no
-                    # API call changes a run's context afterwards, and no race with the worker).
-                    context={SEVERITY_FLOOR_KEY: {
-                        "severity": route.severity.value,
-                        "why": f"the {alert.source} alert that opened incident {incident.incident_id} is "
-                               f"{route.severity.value} (rule {route.rule})"}},
-                    tags=["sevflow", "sevflow-intake", f"incident:{incident.incident_id}",
-                          f"sev:{route.severity.number}", f"service:{route.service}"],
-                )
+                async with self._creating:
+                    flow_run = await client.create_flow_run_from_deployment(
+                        deployment_id, parameters=parameters, idempotency_key=f"sevflow-intake/{incident.incident_id}",
+                        # The alert's severity, a floor the run cannot go below (set at creation: no
+                        # API call changes a run's context afterwards, and no race with the worker).
+                        context={SEVERITY_FLOOR_KEY: {
+                            "severity": route.severity.value,
+                            "why": f"the {alert.source} alert that opened incident {incident.incident_id} is "
+                                   f"{route.severity.value} (rule {route.rule})"}},
+                        tags=["sevflow", "sevflow-intake", f"incident:{incident.incident_id}",
+                              f"sev:{route.severity.number}", f"service:{route.service}"],
+                    )
                 break
             except ObjectNotFound:
                 self._deployments.pop(route.procedure, None)  # re-registered under a new id? read it again
@@ -306,13 +329,16 @@ class Deliverer:
             if exc.response.status_code != 409:
                 raise
 
-    def _event(self, incident: Incident, row: Pending) -> dict[str, Any]:
-        """A Prefect event as the API takes it (plain JSON: the server validates it; building
-        Prefect's Event model per alert cost more CPU than the rest of the delivery)."""
+    def _event(self, incident: Incident, rows: list[Pending]) -> dict[str, Any]:
+        """The event of one delivery, or of several repeats of one alert (the last one's content,
+        counted), as the API takes it (plain JSON: the server validates it; building Prefect's
+        Event model per alert cost more CPU than the rest of the delivery)."""
+        row = rows[-1]
         alert = row.alert
         route = incident.route
+        seqs = str(row.seq) if len(rows) == 1 else f"{rows[0].seq}-{row.seq}"
         return dict(
-            id=str(uuid.uuid5(self._namespace, str(row.seq))),
+            id=str(uuid.uuid5(self._namespace, seqs)),
             occurred=row.received_at,
             event=f"sevflow.alert.{alert.status}",
             resource={
@@ -328,7 +354,9 @@ class Deliverer:
             ],
             payload={"source": alert.source, "identity": alert.identity, "status": alert.status,
                      "outcome": row.outcome, "summary": alert.summary, "severity": alert.severity,
-                     "labels": alert.labels, "links": alert.links[:5], "repeat": row.repeat},
+                     "labels": alert.labels, "links": alert.links[:5], "repeat": row.repeat,
+                     "repeats": len(rows), "intake_seq": [rows[0].seq, row.seq],
+                     **({"first_received_at": rows[0].received_at} if len(rows) > 1 else {})},
         )
 
     async def _emit(self, client: PrefectClient, events: list[dict[str, Any]]) -> None:

@@ -80,6 +80,9 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_pending ON alerts (seq) WHERE delivered_at IS NULL;
 CREATE INDEX IF NOT EXISTS alerts_identity ON alerts (identity);
+-- an incident's alerts in order (its first one opens its run; a restart reloads the open ones):
+-- without it each new incident's first alert was a scan of the whole store, on the event loop
+CREATE INDEX IF NOT EXISTS alerts_incident ON alerts (incident_id, seq);
 -- which incident each firing (identity and episode) belonged to, open or closed: a re-delivery
 -- after the incident's run ended is a duplicate of that incident, never a new one
 CREATE TABLE IF NOT EXISTS episodes (

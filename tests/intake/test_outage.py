@@ -120,3 +120,28 @@ def test_prefect_down_and_intake_restart_lose_nothing(own_server: PrefectServer,
             # delivered in the order they were accepted
             seqs = [json.loads(r.value)["details"]["intake_seq"] for r in sorted(records, key=lambda r: r.created)]
             assert seqs == sorted(seqs)
+
+    # The repeats queued through the outage went, after it, as one event per alert and pass
+    # that counts them: each such event's count is exactly the stored deliveries it stands for.
+    db = sqlite3.connect(intake.state_dir / "alerts.db")
+    for incident_id in by_incident:
+        def coalesced() -> list[dict[str, Any]]:
+            r = httpx.post(f"{own_server.api_url}/events/filter", timeout=15, json={"filter": {
+                "resource": {"id": [f"sevflow.incident.{incident_id}"]}, "event": {"prefix": ["sevflow.alert."]},
+                "occurred": {"since": "2026-01-01T00:00:00Z"}}, "limit": 50})
+            r.raise_for_status()
+            return [e for e in r.json()["events"] if e["payload"]["repeats"] > 1]
+        groups = until(coalesced, timeout=30, what=f"a coalesced repeat event of incident {incident_id}")
+        for event in groups:
+            first, last = event["payload"]["intake_seq"]
+            stored = db.execute("SELECT count(*) FROM alerts WHERE incident_id=? AND identity=? AND status=? "
+                                "AND seq BETWEEN ? AND ?", (incident_id, event["payload"]["identity"],
+                                                            event["payload"]["status"], first, last)).fetchone()[0]
+            assert event["payload"]["repeats"] == stored > 1, event
+            assert event["payload"]["first_received_at"] <= event["occurred"]
+    # a new incident's first alert is found through an index, not by reading the store from the
+    # start (at 30,000 stored alerts that was ~10 ms per new incident, on the intake's event loop)
+    plan = db.execute("EXPLAIN QUERY PLAN SELECT seq, alert FROM alerts WHERE incident_id=? ORDER BY seq LIMIT 1",
+                      (next(iter(by_incident)),)).fetchall()
+    assert [step[3] for step in plan] == ["SEARCH alerts USING INDEX alerts_incident (incident_id=?)"], plan
+    db.close()
