@@ -35,17 +35,20 @@ import hashlib
 import inspect
 import json
 import logging
+import sqlite3
 import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 
 from sevflow.deployments import deployment_path
+from sevflow.errors import TemporarilyUnavailable
 from sevflow.intake.store import Incident, Pending, Store, _seen_key
 from sevflow.models import RECORD_PREFIX, REQUESTER_KEY, SEVERITY_FLOOR_KEY, TimelineEntry, incident_resource
 
@@ -171,7 +174,12 @@ class Deliverer:
                 if first is None:
                     continue
                 await self._start_run(self.client, incident, first)
-            except Exception as exc:  # the delivery pass tries again
+            except (httpx.HTTPError, PrefectHTTPStatusError, ObjectNotFound, NotServed, sqlite3.Error,
+                    TemporarilyUnavailable) as exc:  # Prefect or the store, for now: the delivery pass tries again
+                self._trouble(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a bug: its traceback in the log; the delivery pass still tries again
+                log.exception("Opening the run of incident %s failed inside the intake; the delivery pass "
+                              "tries again", incident_id)
                 self._trouble(f"{type(exc).__name__}: {exc}")
 
     async def _lane(self, client: PrefectClient, gate: asyncio.Semaphore, rows: list[Pending],
